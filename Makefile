@@ -1,0 +1,33 @@
+# Two commands set everything up on a fresh machine:
+#   make repro   creates .venv, installs pinned dependencies, runs the whole DVC pipeline on the demo data
+#   make test    creates .venv if needed, runs the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: repro test test-fast bench real-cpu clean-venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+repro: $(STAMP)
+	@test -d .git || (echo "drgrade: not a git repository; clone the project with git" >&2; exit 1)
+	$(BIN)/dvc repro
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/loader.py
+	$(BIN)/python bench/train.py
+
+clean-venv:
+	rm -rf $(VENV)
