@@ -1,0 +1,57 @@
+"""Random augmentation (albumentations). The deterministic part lives in ``preprocess``."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+AUG_LEVELS = ("none", "basic", "advanced")
+
+
+def build_transforms(image_size: int, mean: Sequence[float], std: Sequence[float],
+                     level: str = "advanced") -> A.Compose:
+    """Transforms from a cached uint8 RGB image to a normalised float tensor (3, H, W).
+
+    Args:
+        image_size: model input side in pixels.
+        mean: per-channel normalisation mean (0..1 scale), from the model's pretrained config.
+        std: per-channel normalisation std.
+        level: "none" (evaluation: resize only), "basic" (flips, rotation, brightness) or
+            "advanced" (basic plus distortion, colour, blur/noise and coarse dropout).
+    """
+    if level not in AUG_LEVELS:
+        raise ValueError(f"augmentation level must be one of {AUG_LEVELS}, got {level!r}")
+    resize = A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA)
+    ops: list[A.BasicTransform] = [resize]
+    if level in ("basic", "advanced"):
+        # Fundus photos have no canonical orientation: every dihedral flip is a valid view.
+        ops += [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.Affine(rotate=(-180, 180), scale=(0.9, 1.1), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
+            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+        ]
+    if level == "advanced":
+        ops += [
+            A.OneOf([
+                A.OpticalDistortion(distort_limit=0.1, p=1.0),
+                A.GridDistortion(num_steps=5, distort_limit=0.1, p=1.0),
+            ], p=0.25),
+            A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=10, val_shift_limit=5, p=0.3),
+            A.OneOf([
+                A.GaussianBlur(blur_limit=(3, 3), p=1.0),
+                A.GaussNoise(std_range=(0.01, 0.04), p=1.0),
+            ], p=0.2),
+            A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.04, 0.1),
+                            hole_width_range=(0.04, 0.1), fill=0, p=0.2),
+        ]
+    ops.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
+    return A.Compose(ops)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) float32 -> (3, H, W) tensor without a copy beyond the transpose."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))

@@ -1,0 +1,150 @@
+"""One epoch function for train, val and test: ``optimizer=None`` means evaluation."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class StepContext:
+    """How batches are run: device, precision and optimisation details."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None  # None: full precision
+    scaler: torch.amp.GradScaler | None = None
+    scheduler: Any = None  # stepped once per optimizer step
+    grad_accum: int = 1
+    grad_clip: float = 0.0
+    channels_last: bool = False
+    frozen_backbone: bool = False  # stage 1: backbone in eval mode under no_grad
+    ema: Any = None  # timm ModelEmaV3 or None
+    lr_hint: str = "train.lr_stage2"
+
+
+@dataclass
+class EpochResult:
+    """Mean loss and the epoch's predictions."""
+
+    loss: float
+    y_true: np.ndarray
+    probs: np.ndarray  # (N, K) softmax probabilities
+    seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.probs.argmax(1) if len(self.probs) else np.zeros(0, dtype=np.int64)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.y_pred == self.y_true).mean()) if len(self.y_true) else float("nan")
+
+
+def set_frozen_backbone_mode(model: nn.Module) -> None:
+    """Stage 1: every module in eval mode (BatchNorm statistics frozen, no drop-path) except the
+    model's own top-level flag, which timm's ``forward_head`` reads to apply head dropout."""
+    model.eval()
+    model.training = True
+    model.get_classifier().train()
+
+
+def forward(model: nn.Module, x: torch.Tensor, frozen_backbone: bool) -> torch.Tensor:
+    """Logits (B, K). With a frozen backbone the features are computed without autograd."""
+    if frozen_backbone:
+        with torch.no_grad():
+            feats = model.forward_features(x)  # (B, C, h, w): no graph kept for the backbone
+        return model.forward_head(feats)
+    return model(x)
+
+
+def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: StepContext,
+              optimizer: torch.optim.Optimizer | None = None, desc: str = "",
+              epoch: int = 0) -> EpochResult:
+    """Run one pass over ``loader``; train when an optimizer is given, else evaluate.
+
+    Raises:
+        TrainingDiverged: the loss is NaN or infinite (names the epoch and batch).
+    """
+    train = optimizer is not None
+    if train:
+        set_frozen_backbone_mode(model) if ctx.frozen_backbone else model.train()
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        model.eval()
+    start = time.perf_counter()
+    total_loss, seen = 0.0, 0
+    y_true, probs = [], []
+    n_batches = len(loader)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    grad_ctx = contextlib.nullcontext() if train else torch.no_grad()
+    with grad_ctx:
+        for i, (x, y) in enumerate(bar):
+            x = x.to(ctx.device, non_blocking=True)
+            y = y.to(ctx.device, non_blocking=True)
+            if ctx.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            amp = (torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype)
+                   if ctx.autocast_dtype is not None else contextlib.nullcontext())
+            with amp:
+                logits = forward(model, x, ctx.frozen_backbone and train)
+                loss = loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{desc or 'epoch'} (epoch {epoch}), batch {i + 1}/{n_batches}: loss is {loss.item()}. "
+                    f"Likely fixes: lower the learning rate ({ctx.lr_hint}), set "
+                    "train.mixed_precision=false (fp16 overflow), or check the inputs for NaN")
+            if train:
+                step_now = (i + 1) % ctx.grad_accum == 0 or i + 1 == n_batches
+                _backward_step(model, loss / ctx.grad_accum, optimizer, ctx, step_now)
+            bs = y.shape[0]
+            total_loss += loss.item() * bs
+            seen += bs
+            y_true.append(y.cpu())
+            probs.append(logits.detach().float().softmax(-1).cpu())
+            acc = float((torch.cat(probs).argmax(1) == torch.cat(y_true)).float().mean())
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{acc:.2%}")
+    bar.close()
+    return EpochResult(
+        loss=total_loss / max(seen, 1) if seen else math.nan,
+        y_true=torch.cat(y_true).numpy() if y_true else np.zeros(0, dtype=np.int64),
+        probs=torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _backward_step(model: nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   ctx: StepContext, step_now: bool) -> None:
+    if ctx.scaler is not None:
+        ctx.scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    if not step_now:
+        return
+    if ctx.grad_clip > 0:
+        if ctx.scaler is not None:
+            ctx.scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip)
+    if ctx.scaler is not None:
+        ctx.scaler.step(optimizer)
+        ctx.scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ctx.scheduler is not None:
+        ctx.scheduler.step()
+    if ctx.ema is not None:
+        ctx.ema.update(model)

@@ -1,0 +1,52 @@
+"""Class probabilities from a trained model, with optional test-time augmentation."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dr_core.augment import build_transforms
+from dr_core.dataset import ArrayDataset
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The eight dihedral views of a batch (B, C, H, W): flips and 90-degree rotations."""
+    views = []
+    for k in range(4):
+        r = torch.rot90(x, k, dims=(2, 3))
+        views += [r, torch.flip(r, dims=(3,))]
+    return views
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Logits (B, K); with ``tta`` the mean of the softmax over the eight views, as log-probs."""
+    if not tta:
+        return model(x).float()
+    probs = torch.stack([model(v).float().softmax(-1) for v in tta_views(x)]).mean(0)
+    return probs.clamp_min(1e-12).log()
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: np.ndarray | Dataset, meta: dict[str, Any],
+                  batch_size: int = 64, device: str | torch.device = "cpu", tta: bool = False,
+                  num_workers: int = 0) -> np.ndarray:
+    """Softmax probabilities (N, num_classes) for cached uint8 images (N, S, S, 3) or a Dataset.
+
+    Images are resized to the checkpoint's ``image_size`` and normalised with its mean/std, exactly
+    as evaluation does during training.
+    """
+    if isinstance(images, np.ndarray):
+        transform = build_transforms(meta["image_size"], meta["mean"], meta["std"], "none")
+        images = ArrayDataset(images, None, transform)
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    model = model.to(device).eval()
+    out = []
+    for x, _ in loader:
+        out.append(predict_logits(model, x.to(device), tta).softmax(-1).cpu())
+    if not out:
+        return np.zeros((0, meta["num_classes"]), dtype=np.float32)
+    return torch.cat(out).numpy()

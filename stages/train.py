@@ -1,0 +1,27 @@
+"""Train stage: two-stage fine-tuning of a timm model on the cached train/val splits."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from dr_core.config import load_params
+from dr_core.train import fit
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
+    parser.add_argument("--save-dir", type=Path, default=Path("models"))
+    parser.add_argument("--live-dir", type=Path, default=Path("dvclive/train"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    params = load_params(args.params)
+    fit(args.cache_dir, args.save_dir, args.live_dir, params)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
