@@ -10,8 +10,8 @@ from torch import nn
 def class_weights(grades: np.ndarray, num_classes: int) -> np.ndarray:
     """Inverse-frequency weights normalised to mean 1: ``n / (K * count_k)``.
 
-    A grade absent from ``grades`` gets weight 0 would break the loss, so it gets the largest
-    weight of the others instead.
+    A grade absent from ``grades`` would get an infinite weight; it gets the largest weight of
+    the present grades instead.
     """
     counts = np.bincount(np.asarray(grades, dtype=np.int64), minlength=num_classes).astype(np.float64)
     weights = np.zeros(num_classes)

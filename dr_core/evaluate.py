@@ -1,0 +1,121 @@
+"""Evaluate a checkpoint: on the cached test split (the pipeline stage) or on any labelled folder.
+
+Outside the pipeline, the guide's interface works on raw photos in the APTOS or EyePACS layout,
+applying the checkpoint's own preprocessing::
+
+    python -m dr_core.evaluate --labels-csv CSV --img-dir DIR --model-path models/best_model.pth \\
+        --output-dir results_external
+
+It writes the same files as the stage. Metric names are nested under ``external`` instead of
+``test`` (so ``external.qwk``), keeping both kinds of result apart in ``dvc metrics show``.
+The referable-DR threshold is never tuned on the evaluated photos: it comes from
+``--threshold`` or from the pipeline's ``results/operating_point.json`` (chosen on val).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dr_core.config import DataConfig, EvaluateConfig, PreprocessConfig, load_params
+from dr_core.dataset import load_cache
+from dr_core.inference import predict_probs
+from dr_core.checkpoint import load_checkpoint
+from dr_core.report import choose_threshold, write_evaluation
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: EvaluateConfig,
+                    seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """The evaluate stage: threshold chosen on cached val, metrics on cached test."""
+    model, meta = load_checkpoint(model_path)
+    probs = {}
+    rows = {}
+    for split in ("val", "test"):
+        images, rows[split] = load_cache(cache_dir, split)
+        log.info("predicting %d %s images%s", len(images), split, " with TTA" if cfg.tta else "")
+        probs[split] = predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta)
+    point = choose_threshold(rows["val"]["grade"].to_numpy(), probs["val"], cfg)
+    point["model"] = str(model_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "operating_point.json").write_text(json.dumps(point, indent=2) + "\n")
+    test = rows["test"]
+    return write_evaluation(out_dir, test["id"].tolist(), test["patient"].tolist(), test["grade"].to_numpy(),
+                            probs["test"], point["threshold"], cfg, meta["class_names"], "test", seed)
+
+
+def load_raw_images(rows, img_dir: Path, preprocess: PreprocessConfig) -> np.ndarray:
+    """Read and preprocess raw photos exactly as the cache was built for the checkpoint."""
+    from tqdm.auto import tqdm
+
+    from dr_core.preprocess import preprocess_image, read_fundus
+
+    size = preprocess.cache_size
+    out = np.zeros((len(rows), size, size, 3), np.uint8)
+    for i, file in enumerate(tqdm(rows["file"], desc="preprocess", leave=False)):
+        out[i] = preprocess_image(read_fundus(img_dir / file, size), preprocess)
+    return out
+
+
+def evaluate_folder(labels_csv: Path, img_dir: Path, model_path: Path, out_dir: Path, cfg: EvaluateConfig,
+                    threshold: float, data: DataConfig | None = None, device: str = "cpu",
+                    seed: int = 0) -> dict[str, Any]:
+    """Evaluate a checkpoint on every labelled photo of a folder (no split, nothing tuned on it)."""
+    from dr_core.ingest import load_labels
+
+    model, meta = load_checkpoint(model_path)
+    rows = load_labels(labels_csv, img_dir, data or DataConfig(), meta["num_classes"])
+    images = load_raw_images(rows, img_dir, PreprocessConfig(**meta["preprocess"]))
+    probs = predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta)
+    return write_evaluation(out_dir, rows["id"].tolist(), rows["patient"].tolist(), rows["grade"].to_numpy(),
+                            probs, threshold, cfg, meta["class_names"], "external", seed)
+
+
+def _threshold(args: argparse.Namespace) -> float:
+    if args.threshold is not None:
+        return args.threshold
+    path = args.operating_point
+    if not path.exists():
+        raise SystemExit(f"{path}: no operating point; run the pipeline's evaluate stage first "
+                         "(`dvc repro evaluate`) or pass --threshold (referable-score cut-off, 0..1)")
+    return float(json.loads(path.read_text())["threshold"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Evaluate a drgrade checkpoint on a labelled folder "
+                                                 "(APTOS or EyePACS layout).")
+    parser.add_argument("--labels-csv", type=Path, required=True)
+    parser.add_argument("--img-dir", type=Path, required=True)
+    parser.add_argument("--model-path", type=Path, default=Path("models/best_model.pth"))
+    parser.add_argument("--output-dir", type=Path, default=Path("results_external"))
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="referable-DR score cut-off; default: from --operating-point")
+    parser.add_argument("--operating-point", type=Path, default=Path("results/operating_point.json"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="evaluate/data settings (bootstrap, TTA, column names); defaults if absent")
+    parser.add_argument("--tta", action="store_true", help="average the 8 dihedral views")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.params.exists():
+        params = load_params(args.params)
+        cfg, data, seed = params.evaluate, params.data, params.seed
+    else:
+        cfg, data, seed = EvaluateConfig(), DataConfig(), 0
+    if args.tta:
+        cfg = EvaluateConfig(**{**cfg.__dict__, "tta": True})
+    metrics = evaluate_folder(args.labels_csv, args.img_dir, args.model_path, args.output_dir, cfg,
+                              _threshold(args), data, args.device, seed)
+    log.info("wrote %s (QWK %.4f)", args.output_dir, metrics["qwk"] if metrics["qwk"] is not None else float("nan"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Evaluate stage: the best checkpoint on the held-out test split (threshold chosen on val)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from dr_core.config import load_params
+from dr_core.evaluate import evaluate_cached
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-path", type=Path, default=Path("models/best_model.pth"))
+    parser.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    params = load_params(args.params)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    evaluate_cached(args.model_path, args.cache_dir, args.out, params.evaluate, params.seed, device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dr_core.config import ConfigError, Params, load_params, params_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_load_and_validate():
+    params = load_params(REPO / "params.yaml")
+    assert params.model.num_classes == 5
+    assert params.train.loss in ("ce", "weighted_ce", "focal")
+
+
+def test_every_guide_flag_has_a_param():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    flags = {
+        "labels-csv": ("data", "labels_csv"), "img-dir": ("data", "img_dir"),
+        "model-name": ("model", "name"), "num-classes": ("model", "num_classes"),
+        "pretrained": ("model", "pretrained"), "two-stage": ("train", "two_stage"),
+        "epochs-stage1": ("train", "epochs_stage1"), "epochs-stage2": ("train", "epochs_stage2"),
+        "lr-stage1": ("train", "lr_stage1"), "lr-stage2": ("train", "lr_stage2"),
+        "weight-decay": ("train", "weight_decay"), "loss": ("train", "loss"),
+        "focal-gamma": ("train", "focal_gamma"), "advanced-aug": ("train", "advanced_aug"),
+        "medical-preprocess": ("preprocess", "medical"), "image-size": ("train", "image_size"),
+        "mixed-precision": ("train", "mixed_precision"), "batch-size": ("train", "batch_size"),
+        "num-workers": ("train", "num_workers"), "patience": ("train", "patience"),
+        "save-freq": ("train", "save_freq"), "val-split": ("split", "val"),
+    }
+    for flag, (section, key) in flags.items():
+        assert key in raw[section], f"--{flag} has no params.yaml key {section}.{key}"
+    assert "seed" in raw  # --random-seed
+    # --save-dir is the train stage's output path in dvc.yaml
+    assert "--save-dir models" in (REPO / "dvc.yaml").read_text()
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"train": {"los": "focal"}}, r"unknown key 'train.los'.*Did you mean 'loss'"),
+    ({"trian": {}}, r"unknown key 'trian'.*Did you mean 'train'"),
+    ({"train": {"loss": "focall"}}, r"train.loss: got 'focall'.*\['ce', 'weighted_ce', 'focal'\].*'focal'"),
+    ({"train": {"lr_stage1": -0.1}}, r"train.lr_stage1: got -0.1"),
+    ({"train": {"batch_size": 2.5}}, r"train.batch_size: got 2.5, expected an integer"),
+    ({"train": {"two_stage": "yes"}}, r"train.two_stage: got 'yes', expected true or false"),
+    ({"model": {"name": "resnet5O"}}, r"model.name: timm does not know 'resnet5O'.*resnet50"),
+    ({"split": {"val": 0.6, "test": 0.5}}, r"split.val \+ split.test"),
+    ({"data": {"on_bad_image": "ignore"}}, r"data.on_bad_image: got 'ignore'"),
+])
+def test_bad_settings_fail_with_the_key_and_choices(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        params_from_dict(raw)
+
+
+def test_scientific_notation_strings_are_floats():
+    assert params_from_dict({"train": {"lr_stage1": "1e-4"}}).train.lr_stage1 == pytest.approx(1e-4)
+
+
+def test_params_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  los: ce\n")
+    with pytest.raises(ConfigError, match=str(path)):
+        load_params(path)
+
+
+def test_params_are_frozen():
+    params = Params()
+    with pytest.raises(Exception):
+        params.train.loss = "ce"  # type: ignore[misc]

@@ -1,0 +1,80 @@
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from dr_core.config import ModelConfig
+from dr_core.models import WeightsError, build_model, builtin_lite0_state_dict, normalisation
+
+EGYPTIAN_CAT, TABBY, TIGER_CAT = 285, 281, 282
+
+
+def test_builtin_lite0_weights_classify_a_cat_photo():
+    skdata = pytest.importorskip("skimage.data")
+    model = build_model(ModelConfig(num_classes=1000, pretrained_file="builtin", drop_rate=0, drop_path_rate=0))
+    mean, std = normalisation(model)
+    assert mean == (0.5, 0.5, 0.5) and std == (0.5, 0.5, 0.5)
+    image = cv2.resize(skdata.chelsea(), (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    x = torch.from_numpy(((image - np.array(mean)) / np.array(std)).transpose(2, 0, 1)).float()[None]
+    with torch.no_grad():
+        top = model.eval()(x).softmax(-1)[0]
+    assert int(top.argmax()) in (EGYPTIAN_CAT, TABBY, TIGER_CAT)
+    assert float(top[[EGYPTIAN_CAT, TABBY, TIGER_CAT]].sum()) > 0.5
+
+
+def test_builtin_mapping_covers_every_tensor():
+    mapped = builtin_lite0_state_dict()
+    own = timm.create_model("tf_efficientnet_lite0").state_dict()
+    assert list(mapped) == list(own)
+    assert all(mapped[k].shape == own[k].shape for k in own)
+
+
+def test_builtin_weights_get_a_new_head():
+    model = build_model(ModelConfig(num_classes=5, pretrained_file="builtin"))
+    assert model.get_classifier().out_features == 5
+    ref = builtin_lite0_state_dict()
+    assert torch.equal(model.state_dict()["conv_stem.weight"], ref["conv_stem.weight"])
+
+
+def test_builtin_refuses_another_architecture():
+    with pytest.raises(WeightsError, match="model.name is 'resnet18'"):
+        build_model(ModelConfig(name="resnet18", pretrained_file="builtin"))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_local_weights_file(tmp_path, suffix):
+    source = timm.create_model("resnet10t", num_classes=1000)
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".safetensors":
+        save_file(source.state_dict(), str(path))
+    else:
+        torch.save({"state_dict": source.state_dict()}, path)
+    model = build_model(ModelConfig(name="resnet10t", num_classes=5, pretrained_file=str(path)))
+    assert torch.equal(model.state_dict()["conv1.0.weight"], source.state_dict()["conv1.0.weight"])
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file(timm.create_model("resnet10t").state_dict(), str(path))
+    with pytest.raises(WeightsError, match="another architecture|have no weights"):
+        build_model(ModelConfig(name="resnet18", pretrained_file=str(path)))
+
+
+def test_missing_weights_file():
+    with pytest.raises(WeightsError, match="does not exist"):
+        build_model(ModelConfig(name="resnet10t", pretrained_file="/nonexistent/w.pth"))
+
+
+def test_hub_download_offline_says_how_to_use_a_local_file():
+    code = ("from dr_core.models import build_model; from dr_core.config import ModelConfig\n"
+            "build_model(ModelConfig(name='resnet10t', pretrained=True, pretrained_file=''))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode != 0
+    assert "WeightsError" in out.stderr and "model.pretrained_file" in out.stderr

@@ -1,0 +1,121 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, write_fake_cache
+from dr_core.checkpoint import load_checkpoint, read_checkpoint
+from dr_core.config import params_from_dict
+from dr_core.engine import StepContext, TrainingDiverged, run_epoch
+from dr_core.train import fit
+
+TINY = {"model": {"name": "resnet10t", "pretrained": False, "drop_path_rate": 0.0},
+        "train": {"image_size": 48, "epochs_stage1": 1, "epochs_stage2": 2, "batch_size": 16,
+                  "num_workers": 0, "save_freq": 2, "warmup_epochs": 0.0}}
+
+
+def tiny(**train):
+    raw = json.loads(json.dumps(TINY))
+    raw["train"].update(train)
+    return params_from_dict(raw)
+
+
+def test_fit_writes_the_guides_outputs_and_dvclive_metrics(fake_cache, tmp_path):
+    summary = fit(fake_cache, tmp_path / "models", tmp_path / "live", tiny())
+    names = {p.name for p in (tmp_path / "models").iterdir()}
+    assert {"best_model.pth", "best_stage1.pth", "checkpoint_epoch_2.pth", "last.pth",
+            "training_history.json"} <= names
+    history = json.loads((tmp_path / "models" / "training_history.json").read_text())
+    assert [row["stage"] for row in history["history"]] == [1, 2, 2]
+    metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert {"loss", "acc", "qwk", "f1_macro"} <= set(metrics["val"]) and "lr" in metrics
+    assert metrics["best"]["epoch"] == summary["best_epoch"]
+    assert (tmp_path / "live" / "plots" / "metrics" / "val" / "qwk.tsv").read_text().count("\n") == 4
+    model, meta = load_checkpoint(tmp_path / "models" / "best_model.pth")
+    assert meta["image_size"] == 48 and meta["num_classes"] == 5 and "clahe_clip" in meta["preprocess"]
+    assert len(meta["mean"]) == 3 and meta["class_names"][0] == "No DR"
+
+
+def test_stage1_leaves_backbone_and_batchnorm_untouched(fake_cache, tmp_path):
+    params = tiny(epochs_stage2=0)
+    from dr_core.models import build_model
+    torch.manual_seed(params.seed)
+    before = build_model(params.model).state_dict()
+    fit(fake_cache, tmp_path / "m", tmp_path / "l", params)
+    after = read_checkpoint(tmp_path / "m" / "last.pth")["model"]
+    head = {"fc.weight", "fc.bias"}
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert set(changed) == head, f"stage 1 changed {set(changed) - head}"
+
+
+def test_same_seed_same_metrics(fake_cache, tmp_path):
+    params = tiny(num_workers=2)
+    a = fit(fake_cache, tmp_path / "a", tmp_path / "la", params)
+    b = fit(fake_cache, tmp_path / "b", tmp_path / "lb", params)
+    ha = json.loads((tmp_path / "a" / "training_history.json").read_text())["history"]
+    hb = json.loads((tmp_path / "b" / "training_history.json").read_text())["history"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train/images_per_s"} for r in rows]
+    assert strip(ha) == strip(hb) and a == b
+
+
+def test_nan_loss_names_epoch_batch_and_fixes(fake_cache):
+    from dr_core.dataset import cached_dataset
+    from dr_core.augment import build_transforms
+    import timm
+    model = timm.create_model("resnet10t", num_classes=5)
+    torch.nn.init.constant_(model.fc.weight, float("nan"))
+    ds, _ = cached_dataset(fake_cache, "train", build_transforms(32, (0.5,) * 3, (0.5,) * 3, "none"))
+    loader = torch.utils.data.DataLoader(ds, batch_size=8)
+    ctx = StepContext(device=torch.device("cpu"), lr_hint="train.lr_stage2")
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(TrainingDiverged, match=r"epoch 3\), batch 1/5: loss is nan.*train.lr_stage2.*mixed_precision"):
+        run_epoch(model, loader, torch.nn.CrossEntropyLoss(), ctx, opt, "stage 2 epoch 3", 3)
+
+
+def test_grad_accumulation_steps_optimizer_less_often(fake_cache, tmp_path):
+    fit(fake_cache, tmp_path / "m", tmp_path / "l", tiny(grad_accum=2, epochs_stage1=0, epochs_stage2=1))
+    state = read_checkpoint(tmp_path / "m" / "last.pth")["train_state"]
+    assert state["scheduler"]["last_epoch"] == 1  # 2 batches of 16 from 40 images (drop_last), accumulated
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    cache = write_fake_cache(tmp_path / "cache", {"train": 160, "val": 40, "test": 10})
+    raw = json.loads(json.dumps(TINY))
+    raw["train"].update(epochs_stage1=1, epochs_stage2=3)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+
+    def run(out: str) -> subprocess.Popen:
+        cmd = [sys.executable, str(REPO / "stages" / "train.py"), "--cache-dir", str(cache),
+               "--save-dir", str(tmp_path / out), "--live-dir", str(tmp_path / f"live_{out}"),
+               "--params", str(tmp_path / "params.yaml")]
+        return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    assert run("full").wait(timeout=300) == 0
+    proc = run("killed")
+    last = tmp_path / "killed" / "last.pth"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (last.exists() and read_checkpoint(last)["train_state"]["epoch"] >= 2):
+        time.sleep(0.2)
+    time.sleep(0.5)  # into epoch 3
+    assert proc.poll() is None, "run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = run("killed")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming from" in err
+    read = lambda d: json.loads((tmp_path / d / "training_history.json").read_text())["history"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train/images_per_s"} for r in rows]
+    assert strip(read("killed")) == strip(read("full"))
+    full = json.loads((tmp_path / "live_full" / "metrics.json").read_text())
+    killed = json.loads((tmp_path / "live_killed" / "metrics.json").read_text())
+    full["train"].pop("images_per_s"), killed["train"].pop("images_per_s")
+    assert killed == full
