@@ -48,7 +48,8 @@ def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: Evalu
     (out_dir / "operating_point.json").write_text(json.dumps(point, indent=2) + "\n")
     test = rows["test"]
     return write_evaluation(out_dir, test["id"].tolist(), test["patient"].tolist(), test["grade"].to_numpy(),
-                            probs["test"], point["threshold"], cfg, meta["class_names"], "test", seed)
+                            probs["test"], point["threshold"], cfg, meta["class_names"], "test", seed,
+                            operating_point=point)
 
 
 def load_raw_images(rows, img_dir: Path, preprocess: PreprocessConfig) -> np.ndarray:

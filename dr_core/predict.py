@@ -1,0 +1,213 @@
+"""Grade raw fundus photographs with a trained checkpoint, optionally with Grad-CAM overlays.
+
+    python -m dr_core.predict --model-path models/best_model.pth --input photo.jpg --output preds.csv
+    python -m dr_core.predict --model-path models/best_model.pth --input photos/ --output preds.csv \\
+        --gradcam-dir heatmaps --threshold-from results/operating_point.json --on-error skip
+
+Each photo goes through the checkpoint's own preprocessing (crop, CLAHE, ... as cached for
+training), then its resize and normalisation, so raw photos are graded exactly as the test split was.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dr_core.augment import build_transforms, to_tensor
+from dr_core.checkpoint import CheckpointError, load_checkpoint
+from dr_core.config import PreprocessConfig
+from dr_core.gradcam import feature_module, grad_cam, side_by_side
+from dr_core.inference import predict_probs
+from dr_core.metrics import referable_score
+from dr_core.preprocess import preprocess_image, read_fundus
+
+log = logging.getLogger(__name__)
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+ON_ERROR = ("error", "skip")
+
+
+class PhotoError(ValueError):
+    """A photograph cannot be read or preprocessed."""
+
+
+def list_photos(input_path: Path) -> list[Path]:
+    """The photo itself, or the photos directly inside a folder (sorted by name)."""
+    if input_path.is_file():
+        return [input_path]
+    if not input_path.is_dir():
+        raise FileNotFoundError(f"{input_path}: no such photo or folder")
+    photos = sorted(p for p in input_path.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+    if not photos:
+        raise FileNotFoundError(f"{input_path}: no photos ({', '.join(PHOTO_SUFFIXES)}) in this folder")
+    return photos
+
+
+def preprocess_config(meta: dict[str, Any]) -> PreprocessConfig:
+    """The checkpoint's preprocessing settings as a :class:`PreprocessConfig`."""
+    try:
+        return PreprocessConfig(**meta["preprocess"])
+    except TypeError as err:
+        raise CheckpointError(f"checkpoint preprocessing settings do not fit this version of dr_core "
+                              f"({err}); re-export the checkpoint or use the matching dr_core") from err
+
+
+def load_photo(path: Path, cfg: PreprocessConfig) -> np.ndarray:
+    """Read and preprocess one photo to uint8 (S, S, 3); :class:`PhotoError` names the file."""
+    try:
+        return preprocess_image(read_fundus(path, target_size=cfg.cache_size), cfg)
+    except (OSError, ValueError, cv2.error) as err:
+        message = str(err) if str(path) in str(err) else f"{path}: {err}"
+        raise PhotoError(message) from err
+
+
+def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path], root: Path | None = None,
+                   threshold: float = 0.5, referable_grade: int = 2, batch_size: int = 16,
+                   device: str | torch.device = "cpu", tta: bool = False, on_error: str = "error",
+                   gradcam_dir: Path | None = None) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
+    """Grade photos in batches.
+
+    Args:
+        model, meta: from :func:`dr_core.checkpoint.load_checkpoint`.
+        photos: photo paths.
+        root: folder the ``file`` column is relative to (``None``: the path as given).
+        threshold: referable when the referable score is at least this.
+        referable_grade: grades at or above it are referable.
+        batch_size: photos preprocessed and graded at a time.
+        device: torch device.
+        tta: average the eight flips/rotations.
+        on_error: ``"error"`` stops at the first unreadable photo, ``"skip"`` reports it and goes on.
+        gradcam_dir: if given, writes ``<photo stem>_gradcam.png`` there for every graded photo.
+
+    Returns:
+        One row per graded photo (file, grade, grade_name, prob_k, referable_score, referable)
+        and the skipped photos with the reason.
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {list(ON_ERROR)}, got {on_error!r}")
+    cfg = preprocess_config(meta)
+    names = list(meta["class_names"])
+    rows: list[dict[str, Any]] = []
+    skipped: list[tuple[Path, str]] = []
+    transform = build_transforms(meta["image_size"], meta["mean"], meta["std"], "none")
+    target_module = None
+    for start in tqdm(range(0, len(photos), batch_size), desc="grading", unit="batch", disable=None):
+        batch_paths, images = [], []
+        for path in photos[start:start + batch_size]:
+            try:
+                images.append(load_photo(path, cfg))
+                batch_paths.append(path)
+            except PhotoError as err:
+                if on_error == "error":
+                    raise PhotoError(f"{err} (--on-error skip grades the other photos)") from err
+                log.warning("skipping %s", err)
+                skipped.append((path, str(err)))
+        if not images:
+            continue
+        stack = np.stack(images)  # (B, S, S, 3) uint8
+        probs = predict_probs(model, stack, meta, batch_size=batch_size, device=device, tta=tta)
+        scores = referable_score(probs, referable_grade)
+        for path, p, score in zip(batch_paths, probs, scores):
+            grade = int(p.argmax())
+            file = str(path.relative_to(root)) if root is not None else str(path)
+            rows.append({"file": file, "grade": grade, "grade_name": names[grade],
+                         **{f"prob_{k}": float(v) for k, v in enumerate(p)},
+                         "referable_score": float(score), "referable": bool(score >= threshold)})
+        if gradcam_dir is not None:
+            x = torch.stack([to_tensor(transform(image=im)["image"]) for im in images]).to(device)
+            target_module = target_module or feature_module(model, x)
+            maps, _ = grad_cam(model, x, target_module=target_module)
+            gradcam_dir.mkdir(parents=True, exist_ok=True)
+            for path, image, cam, row in zip(batch_paths, images, maps, rows[-len(images):]):
+                top = row[f"prob_{row['grade']}"]
+                caption = f"{row['grade_name']} (p={top:.2f}), referable score {row['referable_score']:.2f}"
+                panel = side_by_side(image, cam, caption)
+                cv2.imwrite(str(gradcam_dir / f"{path.stem}_gradcam.png"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+    columns = ["file", "grade", "grade_name", *(f"prob_{k}" for k in range(len(names))), "referable_score",
+               "referable"]
+    return pd.DataFrame(rows, columns=columns), skipped
+
+
+def threshold_from_metrics(path: Path) -> float:
+    """The referable threshold from the evaluate stage's ``operating_point.json`` (``threshold``)
+    or ``metrics.json`` (``referable_threshold``, top level or under a split)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read metrics ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if isinstance(data.get("threshold"), (int, float)):
+        return float(data["threshold"])
+    for section in (data, *(v for v in data.values() if isinstance(v, dict))):
+        if isinstance(section.get("referable_threshold"), (int, float)):
+            return float(section["referable_threshold"])
+    raise ValueError(f"{path}: no threshold or referable_threshold; pass results/operating_point.json "
+                     "or results/metrics.json written by the evaluate stage")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dr_core.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-path", type=Path, required=True, help="checkpoint (models/best_model.pth)")
+    parser.add_argument("--input", type=Path, required=True, help="one photo, or a folder of photos")
+    parser.add_argument("--output", type=Path, required=True, help="CSV to write")
+    parser.add_argument("--gradcam-dir", type=Path, help="write Grad-CAM overlays (PNG) here")
+    parser.add_argument("--tta", action="store_true", help="average the eight flips/rotations")
+    parser.add_argument("--on-error", choices=ON_ERROR, default="error",
+                        help="unreadable photo in a folder: stop (error) or report and continue (skip)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--threshold", type=float, help="referable-score threshold (default 0.5)")
+    group.add_argument("--threshold-from", type=Path,
+                       help="the operating point chosen on validation: results/operating_point.json "
+                            "(or results/metrics.json)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        model, meta = load_checkpoint(args.model_path)
+        photos = list_photos(args.input)
+        threshold = threshold_from_metrics(args.threshold_from) if args.threshold_from else (
+            args.threshold if args.threshold is not None else 0.5)
+        referable_grade = int(meta.get("params", {}).get("evaluate", {}).get("referable_grade", 2))
+        device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+            "cpu" if args.device == "auto" else args.device)
+        log.info("%s: %s, %d classes, input %d px; %d photo(s); referable = grade >= %d with score >= %.4f",
+                 args.model_path, meta["model_name"], meta["num_classes"], meta["image_size"], len(photos),
+                 referable_grade, threshold)
+        table, skipped = predict_photos(
+            model, meta, photos, root=args.input if args.input.is_dir() else None, threshold=threshold,
+            referable_grade=referable_grade, batch_size=args.batch_size, device=device, tta=args.tta,
+            on_error=args.on_error, gradcam_dir=args.gradcam_dir)
+    except (CheckpointError, PhotoError, FileNotFoundError, ValueError) as err:
+        log.error("%s", err)
+        return 1
+    if table.empty:
+        log.error("none of the %d photo(s) could be graded", len(photos))
+        return 1
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.output, index=False, float_format="%.6f")
+    counts = table["grade_name"].value_counts().to_dict()
+    log.info("graded %d photo(s) -> %s; %d referable; grades %s", len(table), args.output,
+             int(table["referable"].sum()), counts)
+    if skipped:
+        log.warning("skipped %d unreadable photo(s): %s", len(skipped), ", ".join(p.name for p, _ in skipped))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Grad-CAM and the predict CLI on a tiny timm model and generated photos."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from torch import nn
+
+from conftest import fake_fundus
+from dr_core.checkpoint import load_checkpoint, save_checkpoint
+from dr_core.config import GRADE_NAMES, PreprocessConfig
+from dr_core.gradcam import GradCamError, feature_module, grad_cam, overlay_heatmap, side_by_side
+from dr_core.inference import predict_probs
+from dr_core.predict import main, threshold_from_metrics
+from dr_core.preprocess import preprocess_image, read_fundus
+
+
+class RedSpotNet(nn.Module):
+    """Feature map = red channel (1x1 conv), class 1 logit = its mean: evidence is where red is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1, bias=False)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1))
+            self.fc.weight.copy_(torch.tensor([[-1.0], [1.0]]))
+            self.fc.bias.zero_()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.forward_features(x).mean(dim=(2, 3)))
+
+
+def test_grad_cam_points_at_the_evidence() -> None:
+    x = torch.zeros(1, 3, 32, 32)
+    x[0, 0, 4:10, 20:28] = 1.0  # red patch, top right
+    maps, probs = grad_cam(RedSpotNet().eval(), x, target=1)
+    assert maps.shape == (1, 32, 32) and maps.max() == pytest.approx(1.0)
+    y, xpos = np.unravel_index(maps[0].argmax(), maps[0].shape)
+    assert 4 <= y < 10 and 20 <= xpos < 28
+    assert maps[0, 20:, :10].max() < 0.05  # nothing far from the patch
+    assert probs.shape == (1, 2) and probs[0].sum() == pytest.approx(1.0)
+    # explaining the other class: negative evidence only, so the map is empty
+    maps0, _ = grad_cam(RedSpotNet().eval(), x, target=0)
+    assert maps0.max() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("name, expected", [("resnet10t", "layer4"), ("tf_efficientnet_lite0", "bn2")])
+def test_feature_module_of_timm_models(name: str, expected: str) -> None:
+    model = timm.create_model(name, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    module = feature_module(model, x)
+    assert module is model.get_submodule(expected)
+    maps, probs = grad_cam(model, x)
+    assert maps.shape == (2, 64, 64) and 0.0 <= maps.min() and maps.max() <= 1.0
+    assert probs.shape == (2, 5)
+
+
+def test_feature_module_refuses_token_models() -> None:
+    class Tokens(nn.Module):
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(2)
+
+    with pytest.raises(GradCamError, match="convolutional feature map"):
+        feature_module(Tokens(), torch.zeros(1, 3, 8, 8))
+
+
+def test_overlay_and_panel_shapes() -> None:
+    rgb = np.full((40, 40, 3), 100, np.uint8)
+    cam = np.zeros((10, 10), np.float32)
+    cam[0, 0] = 1.0
+    over = overlay_heatmap(rgb, cam)
+    assert over.shape == rgb.shape and over.dtype == np.uint8
+    assert not np.array_equal(over[0, 0], over[39, 39])  # hot corner differs from the cold one
+    panel = side_by_side(rgb, cam, "Moderate (p=0.50)")
+    assert panel.shape[1] == 80 and panel.shape[0] > 40
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A checkpoint of an untrained resnet10t and a folder of three photos plus a broken one."""
+    root = tmp_path_factory.mktemp("predict")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=5)
+    meta = {"model_name": "resnet10t", "num_classes": 5, "image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3,
+            "preprocess": asdict(PreprocessConfig(cache_size=64)), "class_names": list(GRADE_NAMES),
+            "epoch": 1, "stage": 2, "params": {"evaluate": {"referable_grade": 2}}}
+    save_checkpoint(root / "best_model.pth", model, meta)
+    folder = root / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, grade in enumerate((0, 2, 4)):
+        # wider than tall with a black border, like a camera frame
+        frame = np.zeros((90, 120, 3), np.uint8)
+        frame[5:85, 20:100] = cv2.resize(fake_fundus(grade, rng, 64), (80, 80))
+        cv2.imwrite(str(folder / f"eye{i}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "notes.txt").write_text("ignored: not a photo")
+    return root / "best_model.pth", folder
+
+
+def test_predict_folder_skips_broken_photo_and_writes_gradcam(photos, tmp_path: Path) -> None:
+    model_path, folder = photos
+    out, cams = tmp_path / "preds.csv", tmp_path / "cams"
+    rc = main(["--model-path", str(model_path), "--input", str(folder), "--output", str(out),
+               "--gradcam-dir", str(cams), "--on-error", "skip"])
+    assert rc == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["file", "grade", "grade_name", "prob_0", "prob_1", "prob_2", "prob_3",
+                                   "prob_4", "referable_score", "referable"]
+    assert table["file"].tolist() == ["eye0.png", "eye1.png", "eye2.png"]
+    probs = table[[f"prob_{k}" for k in range(5)]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(table["referable_score"], probs[:, 2:].sum(1), atol=1e-5)
+    assert (table["referable"] == (table["referable_score"] >= 0.5)).all()
+    assert [GRADE_NAMES[g] for g in table["grade"]] == table["grade_name"].tolist()
+    assert sorted(p.name for p in cams.iterdir()) == [f"eye{i}_gradcam.png" for i in range(3)]
+    assert cv2.imread(str(cams / "eye0_gradcam.png")) is not None
+
+
+def test_predict_applies_the_checkpoint_preprocessing(photos, tmp_path: Path) -> None:
+    model_path, folder = photos
+    out = tmp_path / "one.csv"
+    assert main(["--model-path", str(model_path), "--input", str(folder / "eye1.png"), "--output", str(out)]) == 0
+    row = pd.read_csv(out).iloc[0]
+    model, meta = load_checkpoint(model_path)
+    cached = preprocess_image(read_fundus(folder / "eye1.png"), PreprocessConfig(**meta["preprocess"]))
+    expected = predict_probs(model, cached[None], meta)[0]
+    np.testing.assert_allclose([row[f"prob_{k}"] for k in range(5)], expected, atol=1e-5)
+
+
+def test_predict_broken_photo_is_an_error_naming_it(photos, tmp_path: Path, caplog) -> None:
+    model_path, folder = photos
+    with caplog.at_level(logging.ERROR):
+        rc = main(["--model-path", str(model_path), "--input", str(folder), "--output", str(tmp_path / "p.csv")])
+    assert rc == 1
+    assert "broken.jpg" in caplog.text and "--on-error skip" in caplog.text
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_predict_threshold_from_metrics(photos, tmp_path: Path) -> None:
+    model_path, folder = photos
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"test": {"qwk": 0.5, "referable_threshold": 0.0}}))
+    assert threshold_from_metrics(metrics) == 0.0
+    out = tmp_path / "p.csv"
+    assert main(["--model-path", str(model_path), "--input", str(folder / "eye0.png"), "--output", str(out),
+                 "--threshold-from", str(metrics)]) == 0
+    assert pd.read_csv(out)["referable"].all()  # every score is >= 0
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"test": {"qwk": 0.5}}))
+    point = tmp_path / "operating_point.json"
+    point.write_text(json.dumps({"threshold": 0.25, "mode": "sensitivity"}))
+    assert threshold_from_metrics(point) == 0.25
+    with pytest.raises(ValueError, match="no threshold or referable_threshold"):
+        threshold_from_metrics(other)
+
+
+def test_predict_missing_input_and_checkpoint(photos, tmp_path: Path, caplog) -> None:
+    model_path, _ = photos
+    assert main(["--model-path", str(model_path), "--input", str(tmp_path / "nope"),
+                 "--output", str(tmp_path / "p.csv")]) == 1
+    assert "no such photo or folder" in caplog.text
+    assert main(["--model-path", str(tmp_path / "missing.pth"), "--input", str(tmp_path),
+                 "--output", str(tmp_path / "p.csv")]) == 1
+    assert "checkpoint not found" in caplog.text

@@ -1,0 +1,144 @@
+"""write_evaluation: every file written, metrics.json shaped for DVC, predictions consistent."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dr_core.config import EvaluateConfig
+from dr_core.report import OUTPUT_FILES, choose_threshold, write_evaluation
+
+
+def fake_split(n: int, rng: np.random.Generator, num_classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Grades and noisy Dirichlet probabilities centred near the true grade."""
+    y = rng.integers(0, num_classes, n)
+    latent = y + rng.normal(0, 0.7, n)
+    grades = np.arange(num_classes)
+    concentration = 5 * np.exp(-(grades[None] - latent[:, None]) ** 2) + 0.3
+    probs = np.array([rng.dirichlet(c) for c in concentration])
+    return y, probs
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, np.ndarray]:
+    """One evaluation written once and inspected by several tests (plotting takes a second)."""
+    rng = np.random.default_rng(0)
+    y, probs = fake_split(80, rng)
+    val_y, val_probs = fake_split(60, rng)
+    ids = [f"{i // 2}_{'left' if i % 2 == 0 else 'right'}" for i in range(80)]
+    patients = [str(i // 2) for i in range(80)]
+    out = tmp_path_factory.mktemp("eval") / "results"
+    cfg = EvaluateConfig(bootstrap=30)
+    point = choose_threshold(val_y, val_probs, cfg)
+    metrics = write_evaluation(out, ids, patients, y, probs, point["threshold"], cfg, seed=0,
+                               operating_point=point)
+    return out, metrics, probs
+
+
+def test_every_file_is_written(evaluation) -> None:
+    out, _, _ = evaluation
+    for name in OUTPUT_FILES + tuple(f"plots/roc_grade_{k}.csv" for k in range(5)):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for png in ("confusion_matrix.png", "roc_curves.png", "calibration.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_json_is_nested_under_the_split(evaluation) -> None:
+    out, metrics, _ = evaluation
+    data = json.loads((out / "metrics.json").read_text())
+    assert list(data) == ["test"]
+    test = data["test"]
+    for key in ("qwk", "accuracy", "balanced_accuracy", "f1_macro", "auc_macro", "referable_auc",
+                "referable_sensitivity", "referable_specificity", "referable_threshold", "ece",
+                "qwk_ci_low", "qwk_ci_high", "n_images", "n_patients", "per_class"):
+        assert key in test, key
+    assert test["n_images"] == 80 and test["n_patients"] == 40
+    assert test == metrics
+    # the threshold was chosen on validation to reach the target sensitivity there
+    assert test["val_referable_sensitivity"] >= EvaluateConfig().target_sensitivity
+
+
+def test_prefix_none_writes_flat_metrics(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    y, probs = fake_split(30, rng)
+    write_evaluation(tmp_path, list(range(30)), list(range(30)), y, probs, 0.5, EvaluateConfig(bootstrap=0),
+                     prefix=None)
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    assert "qwk" in data and data["qwk_ci_low"] is None  # no bootstrap: no interval
+    text = (tmp_path / "classification_report.txt").read_text()
+    assert "no confidence intervals" in text and "not tuned on these photos" in text
+    assert data["referable_threshold"] == 0.5 and "val_referable_sensitivity" not in data
+
+
+def test_predictions_csv_matches_probs_and_threshold(evaluation) -> None:
+    out, metrics, probs = evaluation
+    table = pd.read_csv(out / "predictions.csv", dtype={"id": str, "patient": str})
+    assert list(table.columns) == ["id", "patient", "true_grade", "pred_grade", "prob_0", "prob_1", "prob_2",
+                                   "prob_3", "prob_4", "referable_score", "referable_pred"]
+    assert len(table) == 80 and table["id"].iloc[1] == "0_right"
+    np.testing.assert_allclose(table[[f"prob_{k}" for k in range(5)]].to_numpy(), probs, atol=1e-6)
+    assert (table["pred_grade"] == probs.argmax(1)).all()
+    np.testing.assert_allclose(table["referable_score"], probs[:, 2:].sum(1), atol=1e-6)
+    called = table["referable_score"] >= metrics["referable_threshold"] - 1e-6
+    assert (table["referable_pred"] == called).mean() > 0.98  # rounding at the threshold only
+    assert int(table["referable_pred"].sum()) == metrics["referable_tp"] + metrics["referable_fp"]
+
+
+def test_dvc_plot_data(evaluation) -> None:
+    out, metrics, _ = evaluation
+    roc = pd.read_csv(out / "plots" / "roc_referable.csv")
+    assert list(roc.columns) == ["fpr", "tpr"]
+    assert roc["fpr"].is_monotonic_increasing and roc["tpr"].is_monotonic_increasing
+    assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(metrics["referable_auc"], abs=1e-4)
+    calib = pd.read_csv(out / "plots" / "calibration.csv")
+    assert {"confidence", "accuracy", "count"} <= set(calib.columns)
+    assert calib["count"].sum() == 80
+
+
+def test_choose_threshold_meets_the_target_on_val_and_is_exact() -> None:
+    rng = np.random.default_rng(4)
+    val_y, val_probs = fake_split(200, rng)
+    for mode in ("sensitivity", "youden"):
+        point = choose_threshold(val_y, val_probs, EvaluateConfig(operating_point=mode, target_sensitivity=0.9))
+        json.dumps(point, allow_nan=False)
+        score = val_probs[:, 2:].sum(1)
+        called = score[val_y >= 2] >= point["threshold"]
+        assert called.mean() == pytest.approx(point["val_sensitivity"])
+        assert point["val_n_referable"] == int((val_y >= 2).sum())
+        if mode == "sensitivity":
+            assert point["val_sensitivity"] >= 0.9 and point["target_sensitivity"] == 0.9
+        else:
+            assert point["target_sensitivity"] is None
+
+
+def test_report_text_has_the_referable_block(evaluation) -> None:
+    out, metrics, _ = evaluation
+    text = (out / "classification_report.txt").read_text()
+    for needle in ("Quadratic weighted kappa", "Proliferative", "Referable DR (grade >= 2: Moderate or worse)",
+                   "operating point", "validation sens / spec", "specificity", "bootstrap over patients",
+                   f"{metrics['referable_threshold']:.4f}"):
+        assert needle in text, needle
+    assert text.isascii()
+
+
+def test_other_number_of_classes_and_absent_grade(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    y, probs = fake_split(40, rng, num_classes=3)
+    y[y == 1] = 0  # grade 1 absent from the evaluated split
+    val_y, val_probs = fake_split(40, rng, num_classes=3)
+    cfg = EvaluateConfig(bootstrap=10)
+    point = choose_threshold(val_y, val_probs, cfg)
+    metrics = write_evaluation(tmp_path, list(range(40)), list(range(40)), y, probs, point["threshold"], cfg)
+    assert set(metrics["per_class"]) == {"grade 0", "grade 1", "grade 2"}
+    assert metrics["per_class"]["grade 1"]["auc"] is None
+    assert pd.read_csv(tmp_path / "plots" / "roc_grade_1.csv").empty
+
+
+def test_mismatched_lengths_are_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    y, probs = fake_split(10, rng)
+    with pytest.raises(ValueError, match="9 ids for 10 rows"):
+        write_evaluation(tmp_path, list(range(9)), list(range(10)), y, probs, 0.5, EvaluateConfig())
