@@ -65,8 +65,12 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
-def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load weights except a classifier whose shape differs (new number of classes)."""
+def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> bool:
+    """Load weights except a classifier whose shape differs (new number of classes).
+
+    Returns:
+        whether the classifier head was left unloaded (a new head).
+    """
     own = model.state_dict()
     head = model.default_cfg.get("classifier", "classifier") if hasattr(model, "default_cfg") else ""
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
@@ -75,12 +79,25 @@ def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str
         raise WeightsError(f"{source}: {len(bad)} tensors do not fit model.name's shapes, e.g. {bad[:3]}; "
                            "is this the weights file of another architecture?")
     state = {k: v for k, v in state.items() if k not in skipped}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(head)]
+    missing_all, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing_all if not k.startswith(head)]
     if missing:
         raise WeightsError(f"{source}: {len(missing)} model tensors have no weights, e.g. {missing[:3]}")
     log.info("loaded pretrained weights from %s (%d tensors; new head: %s; ignored: %d)",
              source, len(state), bool(skipped), len(unexpected))
+    return bool(skipped) or any(k.startswith(head) for k in missing_all)
+
+
+def reset_head(model: nn.Module, std: float = 0.01) -> None:
+    """Small-normal initialisation of a linear classifier head.
+
+    Some timm families initialise the head for 1000 classes (uniform in +-1/sqrt(num_classes)),
+    which for 5 grades gives logits of +-10 and near-one-hot probabilities before any training.
+    """
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.normal_(head.weight, std=std)
+        nn.init.zeros_(head.bias)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -96,15 +113,19 @@ def build_model(cfg: ModelConfig) -> nn.Module:
                 raise WeightsError(f"model.pretrained_file=builtin holds {BUILTIN_ARCH} weights, but "
                                    f"model.name is {cfg.name!r}; set model.name={BUILTIN_ARCH} or give a "
                                    "weights file")
-            _load_backbone(model, builtin_lite0_state_dict(), "built-in EfficientNet-Lite0 (ImageNet)")
+            new_head = _load_backbone(model, builtin_lite0_state_dict(), "built-in EfficientNet-Lite0 (ImageNet)")
         else:
-            _load_backbone(model, read_weights_file(cfg.pretrained_file), cfg.pretrained_file)
+            new_head = _load_backbone(model, read_weights_file(cfg.pretrained_file), cfg.pretrained_file)
+        if new_head:
+            reset_head(model)
         return model
     if not cfg.pretrained:
         log.info("model %s from random initialisation (model.pretrained=false)", cfg.name)
-        return timm.create_model(cfg.name, pretrained=False, **kwargs)
+        model = timm.create_model(cfg.name, pretrained=False, **kwargs)
+        reset_head(model)
+        return model
     try:
-        return timm.create_model(cfg.name, pretrained=True, **kwargs)
+        model = timm.create_model(cfg.name, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as err:
         # huggingface_hub raises subclasses of OSError/RuntimeError offline.
         raise WeightsError(
@@ -113,6 +134,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             "and set model.pretrained_file=/path/to/weights.safetensors (or .pth), use "
             f"model.name={BUILTIN_ARCH} with model.pretrained_file=builtin, or set "
             "model.pretrained=false") from err
+    if cfg.num_classes != model.pretrained_cfg.get("num_classes"):
+        reset_head(model)
+    return model
 
 
 def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -78,3 +78,11 @@ def test_hub_download_offline_says_how_to_use_a_local_file():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode != 0
     assert "WeightsError" in out.stderr and "model.pretrained_file" in out.stderr
+
+
+def test_new_head_starts_uncommitted():
+    """A fresh 5-grade head must not start with near-one-hot outputs (timm's 1000-class init does)."""
+    model = build_model(ModelConfig(num_classes=5, pretrained_file="builtin")).eval()
+    with torch.no_grad():
+        probs = model(torch.randn(4, 3, 96, 96) * 0.5).softmax(-1)
+    assert float(probs.max()) < 0.5

@@ -1,0 +1,97 @@
+"""End to end: the real `dvc` commands on a copy of the project in a temporary git repository."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "demo": {"n_patients": 60, "image_size": 96},
+    "preprocess": {"cache_size": 64, "workers": 2},
+    "model": {"name": "resnet10t", "pretrained": False, "pretrained_file": ""},
+    "train": {"image_size": 48, "epochs_stage1": 1, "epochs_stage2": 1, "batch_size": 16, "num_workers": 0},
+    "evaluate": {"bootstrap": 50},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, f"{' '.join(args)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    return out.stdout + out.stderr
+
+
+def make_project_copy(dest: Path, overrides: dict) -> Path:
+    """Copy what git would clone (tracked and new, non-ignored files) into a fresh git repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        src = REPO / rel
+        if src.is_file() and not rel.startswith(("data/", "models/", "results/", "dvclive/", "metrics/")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(yaml.safe_dump(_merge(params, overrides), sort_keys=False))
+    _run(["git", "init", "-q", "-b", "main"], dest)
+    _run(["git", "add", "-A"], dest)
+    _run(["git", "commit", "-qm", "copy"], dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    dest = make_project_copy(tmp_path_factory.mktemp("proj"), TINY)
+    _run(["dvc", "repro"], dest)
+    _run(["git", "add", "-A"], dest)
+    _run(["git", "commit", "-qm", "baseline"], dest)
+    return dest
+
+
+def test_repro_writes_every_output(project):
+    for rel in ["data/split/train.csv", "data/cache/test.npy", "data/cache/contact_sheet.png",
+                "models/best_model.pth", "models/best_stage1.pth", "models/training_history.json",
+                "dvclive/train/metrics.json", "results/metrics.json", "results/classification_report.txt",
+                "results/confusion_matrix.png", "results/roc_curves.png", "results/predictions.csv"]:
+        assert (project / rel).exists(), rel
+    metrics = json.loads((project / "results/metrics.json").read_text())
+    assert {"qwk", "accuracy", "f1_macro", "referable_auc"} <= set(metrics["test"])
+    status = _run(["dvc", "status"], project)
+    assert "up to date" in status
+
+
+def test_experiment_reruns_only_train_and_evaluate(project):
+    out = _run(["dvc", "exp", "run", "-S", "train.loss=focal"], project)
+    for stage in ("demo", "split", "preprocess"):
+        assert f"Stage '{stage}' didn't change, skipping" in out, out[-3000:]
+    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], project).split("\n", 0)[0].strip() or "[]")
+    text = json.dumps(shown)
+    assert "focal" in text and "test" in text and "qwk" in text
+    diff = _run(["dvc", "metrics", "diff", "--json"], project)
+    assert "results/metrics.json" in diff and "test.qwk" in diff
+
+
+def test_plots_render_to_html(project):
+    _run(["dvc", "plots", "show", "-o", "plots_html"], project)
+    html = (project / "plots_html" / "index.html").read_text()
+    for needle in ("Confusion matrix", "Referable DR ROC", "Training curves"):
+        assert needle in html, needle
