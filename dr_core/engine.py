@@ -85,7 +85,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
     else:
         model.eval()
     start = time.perf_counter()
-    total_loss, seen = 0.0, 0
+    total_loss, seen, correct = 0.0, 0, 0
     y_true, probs = [], []
     n_batches = len(loader)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
@@ -112,10 +112,11 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
             bs = y.shape[0]
             total_loss += loss.item() * bs
             seen += bs
+            p = logits.detach().float().softmax(-1).cpu()
             y_true.append(y.cpu())
-            probs.append(logits.detach().float().softmax(-1).cpu())
-            acc = float((torch.cat(probs).argmax(1) == torch.cat(y_true)).float().mean())
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{acc:.2%}")
+            probs.append(p)
+            correct += int((p.argmax(1) == y_true[-1]).sum())
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.2%}")
     bar.close()
     return EpochResult(
         loss=total_loss / max(seen, 1) if seen else math.nan,
