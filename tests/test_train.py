@@ -119,3 +119,13 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     killed = json.loads((tmp_path / "live_killed" / "metrics.json").read_text())
     full["train"].pop("images_per_s"), killed["train"].pop("images_per_s")
     assert killed == full
+
+
+def test_training_never_reads_the_test_split(tmp_path, monkeypatch):
+    cache = write_fake_cache(tmp_path / "cache", {"train": 40, "val": 20})  # no test files at all
+    import dr_core.dataset as dataset
+    seen = []
+    real = dataset.load_cache
+    monkeypatch.setattr(dataset, "load_cache", lambda d, split: seen.append(split) or real(d, split))
+    fit(cache, tmp_path / "m", tmp_path / "l", tiny(epochs_stage2=1))
+    assert sorted(set(seen)) == ["train", "val"]
