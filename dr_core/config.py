@@ -51,7 +51,7 @@ class DataConfig:
     patient: str = "auto"  # auto | eyepacs | none | <column name>
     on_bad_image: str = "error"
     max_bad_fraction: float = 0.05
-    dedup_max_distance: int = 4  # perceptual-hash Hamming distance; -1 disables
+    dedup_max_distance: int = 8  # perceptual-hash Hamming distance; -1 disables
 
     def validate(self) -> None:
         _choice("data.on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES)

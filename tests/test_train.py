@@ -93,10 +93,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
 
     def run(out: str) -> subprocess.Popen:
-        cmd = [sys.executable, str(REPO / "stages" / "train.py"), "--cache-dir", str(cache),
+        cmd = [sys.executable, "-m", "stages.train", "--cache-dir", str(cache),
                "--save-dir", str(tmp_path / out), "--live-dir", str(tmp_path / f"live_{out}"),
                "--params", str(tmp_path / "params.yaml")]
-        return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     assert run("full").wait(timeout=300) == 0
     proc = run("killed")

@@ -1,0 +1,199 @@
+"""Patient-grouped stratified split and the split stage end to end."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from dr_core.config import DataConfig, SplitConfig, load_params
+from dr_core.ingest import DataError
+from dr_core.split import SPLITS, assign_splits, check_stratifiable, class_weights, run_split
+from test_ingest import write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+EYEPACS_DEV = REPO.parent / "shared" / "data" / "eyepacs-dev"
+FOUR_PER_GRADE = [(g, g) for g in range(5) for _ in range(4)]  # 20 patients, 40 photos
+
+
+def _split_of(out: Path) -> pd.DataFrame:
+    frames = [pd.read_csv(out / f"{name}.csv", dtype={"patient": str}).assign(split=name) for name in SPLITS]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_assignment_keeps_groups_whole_and_every_grade_everywhere():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(200), 2)  # two eyes per patient
+    grades = np.repeat(rng.choice(5, 200, p=[0.7, 0.1, 0.12, 0.04, 0.04]), 2)
+    grades[1::7] = rng.integers(0, 5, len(grades[1::7]))  # some patients with two grades
+    index = assign_splits(grades, groups, (0.6, 0.2, 0.2), 5, np.random.default_rng(42))
+    assert (pd.Series(index).groupby(groups).nunique() == 1).all()
+    share = np.bincount(index, minlength=3) / len(index)
+    assert np.abs(share - [0.6, 0.2, 0.2]).max() < 0.03
+    for s in range(3):
+        assert set(grades[index == s]) == set(range(5))
+
+
+def test_assignment_reaches_every_split_with_three_groups_per_grade():
+    grades = np.repeat(np.arange(5), 3)
+    groups = np.arange(15)
+    index = assign_splits(grades, groups, (0.7, 0.15, 0.15), 5, np.random.default_rng(0))
+    for s in range(3):
+        assert sorted(grades[index == s]) == [0, 1, 2, 3, 4]
+
+
+def test_assignment_is_deterministic_for_a_seed():
+    rng = np.random.default_rng(3)
+    grades, groups = rng.integers(0, 5, 400), rng.integers(0, 150, 400)
+    groups = pd.factorize(groups)[0]
+    first = assign_splits(grades, groups, (0.6, 0.2, 0.2), 5, np.random.default_rng(7))
+    again = assign_splits(grades, groups, (0.6, 0.2, 0.2), 5, np.random.default_rng(7))
+    other = assign_splits(grades, groups, (0.6, 0.2, 0.2), 5, np.random.default_rng(8))
+    assert (first == again).all() and (first != other).any()
+
+
+def test_too_few_patients_for_a_grade():
+    grades = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4])
+    patients = np.array(["a", "b", "c", "d", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m"])
+    with pytest.raises(DataError, match=r"labels\.csv: grade 1 \(Mild\) has photographs from 1 patients.*"
+                                        r"at least 3.*Merge grade 1.*more patients"):
+        check_stratifiable(grades, patients, 5, "patients", Path("labels.csv"))
+    with pytest.raises(DataError, match=r"grade 1 has photographs from 0 patients"):
+        check_stratifiable(np.zeros(9, int), np.arange(9), 3, "patients", Path("labels.csv"))
+
+
+def test_class_weights_are_inverse_frequency_with_mean_one_per_photo():
+    grades = np.array([0] * 6 + [1] * 3 + [2])
+    weights = class_weights(grades, 3)
+    assert np.allclose(weights, [10 / 18, 10 / 9, 10 / 3])
+    assert np.isclose(weights[grades].mean(), 1.0)
+
+
+def test_run_split_writes_patient_grouped_outputs(tmp_path):
+    csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE, "eyepacs")
+    out = tmp_path / "split"
+    summary = run_split(csv, img_dir, out, DataConfig(), SplitConfig(), 5, seed=1, workers=1)
+    rows = _split_of(out)
+    assert rows.columns.tolist() == ["id", "file", "grade", "patient", "group", "split"]
+    assert len(rows) == 40 and rows["file"].str.endswith(".jpeg").all()
+    assert (rows.groupby("patient")["split"].nunique() == 1).all()
+    for name in SPLITS:
+        assert set(rows.loc[rows["split"] == name, "grade"]) == set(range(5))
+        assert summary["splits"][name]["n_images"] == (rows["split"] == name).sum()
+    assert summary["layout"] == "eyepacs" and summary["patient_source"] == "eyepacs"
+    assert summary["n_bad"] == 0 and summary["n_duplicate_groups"] == 0
+    assert set(summary["class_weights"]) == {"0", "1", "2", "3", "4"}
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert pd.read_csv(out / "bad_images.csv").columns.tolist() == ["id", "file", "reason"]
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_duplicates_stay_with_every_patient_they_touch(tmp_path):
+    csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE, "aptos", patient_column=True)
+    labels = pd.read_csv(csv)
+    shutil.copy(img_dir / "img000l.png", img_dir / "copy_a.png")  # exact copy of patient P0
+    near = np.clip(cv2.imread(str(img_dir / "img007r.png")).astype(int) + 5, 0, 255).astype(np.uint8)
+    cv2.imwrite(str(img_dir / "copy_b.jpeg"), near, [cv2.IMWRITE_JPEG_QUALITY, 95])  # near copy of P7
+    extra = pd.DataFrame({"id_code": ["copy_a", "copy_b"], "diagnosis": [1, 1], "patient_id": ["X1", "X2"]})
+    pd.concat([labels, extra]).to_csv(csv, index=False)
+    out = tmp_path / "split"
+    summary = run_split(csv, img_dir, out, DataConfig(dedup_max_distance=8), SplitConfig(), 5, 0, workers=1)
+    rows = _split_of(out).set_index("id")
+    assert rows.loc["copy_a", "group"] == rows.loc["img000r", "group"]  # P0's other eye too
+    assert rows.loc["copy_a", "split"] == rows.loc["img000r", "split"]
+    assert rows.loc["copy_b", "split"] == rows.loc["img007l", "split"]
+    assert summary["n_duplicate_groups"] == 2
+    report = pd.read_csv(out / "duplicates.csv")
+    assert sorted(report["id"]) == ["copy_a", "copy_b", "img000l", "img007r"]
+    assert set(report["kind"]) == {"exact", "near"}
+
+
+def test_skip_policy_reports_bad_and_missing_images(tmp_path):
+    grades = [(g, g) for g in range(5) for _ in range(6)]  # 60 photos
+    csv, img_dir = write_dataset(tmp_path / "raw", grades, "eyepacs")
+    (img_dir / "10_left.jpeg").write_bytes((img_dir / "10_left.jpeg").read_bytes()[:300])
+    (img_dir / "11_right.jpeg").unlink()
+    out = tmp_path / "split"
+    with pytest.raises(DataError, match=r"1 of 60 photographs listed in .*labels\.csv have no image file.*"
+                                        r"line 5: '11_right'"):
+        run_split(csv, img_dir, out, DataConfig(on_bad_image="error"), SplitConfig(), 5, 0, workers=1)
+    assert not out.exists()
+    summary = run_split(csv, img_dir, out, DataConfig(on_bad_image="skip"), SplitConfig(), 5, 0, workers=1)
+    bad = pd.read_csv(out / "bad_images.csv", keep_default_na=False)
+    assert bad.to_dict("records") == [
+        {"id": "10_left", "file": "10_left.jpeg", "reason": "truncated JPEG: no end-of-image marker (FF D9)"},
+        {"id": "11_right", "file": "", "reason": "missing file"}]
+    assert summary["n_bad"] == 2 and summary["n_images"] == 58
+    assert "10_left" not in set(_split_of(out)["id"])
+
+
+def test_too_many_bad_images_stop_under_either_policy(tmp_path):
+    csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE, "eyepacs")
+    for name in ("10_left", "11_left", "12_left"):
+        cv2.imwrite(str(img_dir / f"{name}.jpeg"), np.zeros((64, 64, 3), np.uint8))
+    for policy in ("skip", "error"):
+        with pytest.raises(DataError, match=r"3 of 40 photographs \(7\.5%\) are unusable.*max_bad_fraction"):
+            run_split(csv, img_dir, tmp_path / "out", DataConfig(on_bad_image=policy), SplitConfig(), 5, 0, 1)
+
+
+def test_split_is_deterministic_for_a_seed(tmp_path):
+    csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE * 2, "eyepacs")
+    for run, seed in (("a", 5), ("b", 5), ("c", 6)):
+        run_split(csv, img_dir, tmp_path / run, DataConfig(), SplitConfig(), 5, seed, workers=1)
+    read = lambda run: [(tmp_path / run / f"{s}.csv").read_text() for s in SPLITS]  # noqa: E731
+    assert read("a") == read("b") and read("a") != read("c")
+
+
+def test_too_few_patients_stop_before_images_are_read(tmp_path):
+    csv, img_dir = write_dataset(tmp_path / "raw", [(g, g) for g in range(5) for _ in range(3)][:-1])
+    shutil.rmtree(img_dir)
+    img_dir.mkdir()
+    with pytest.raises(DataError, match=r"grade 4 \(Proliferative\) has photographs from 2 patients"):
+        run_split(csv, img_dir, tmp_path / "out", DataConfig(), SplitConfig(), 5, 0, workers=1)
+
+
+def _load_stage():
+    spec = importlib.util.spec_from_file_location("split_stage", REPO / "stages" / "split.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stage_exits_1_with_the_message_and_no_traceback(tmp_path, capsys, monkeypatch):
+    csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE, "eyepacs")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"seed": 3, "preprocess": {"workers": 1}}))
+    stage = _load_stage()
+    # Full validation imports timm to check model.name (seconds); this stage needs none of it.
+    monkeypatch.setattr(stage, "load_params", lambda path: load_params(path, validate=False))
+    args = ["--labels-csv", str(csv), "--img-dir", str(img_dir), "--params", str(params)]
+    metrics = tmp_path / "m" / "split.json"
+    assert stage.main(args + ["--out", str(tmp_path / "out"), "--metrics", str(metrics)]) == 0
+    assert json.loads(metrics.read_text())["n_images"] == 40
+    csv.write_text(csv.read_text().replace("10_right,0", "10_right,2.5"))
+    assert stage.main(args + ["--out", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err
+    assert "error: " in err and "line 3: '2.5'" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_real_eyepacs_dev_split_keeps_patients_apart(tmp_path):
+    if not (EYEPACS_DEV / "labels.csv").exists():
+        pytest.skip(f"{EYEPACS_DEV} not present")
+    start = time.perf_counter()
+    summary = run_split(EYEPACS_DEV / "labels.csv", EYEPACS_DEV / "images", tmp_path,
+                        DataConfig(on_bad_image="skip"), SplitConfig(), 5, seed=42, workers=0)
+    assert time.perf_counter() - start < 20
+    rows = _split_of(tmp_path)
+    assert summary["layout"] == "eyepacs" and summary["n_patients"] == 359
+    assert summary["n_bad"] <= 3 and len(rows) == 718 - summary["n_bad"]
+    assert (rows.groupby("patient")["split"].nunique() == 1).all()
+    for name in SPLITS:
+        assert set(rows.loc[rows["split"] == name, "grade"]) == set(range(5))
