@@ -155,12 +155,19 @@ class TrainConfig:
     balanced_sampler: bool = False
     device: str = "auto"
     deterministic: bool = True
+    nproc_per_node: int = 1  # >1: torchrun --standalone, one process per GPU (gloo on CPU)
+    sync_bn: bool = False
+    lr_scaling: str = "linear"  # linear: LR x world size (the per-process batch stays batch_size)
 
     def validate(self) -> None:
         _choice("train.loss", self.loss, LOSSES)
         _choice("train.amp_dtype", self.amp_dtype, AMP_MODES)
         _choice("train.monitor", self.monitor, MONITORS)
         _choice("train.device", self.device, DEVICES)
+        _choice("train.lr_scaling", self.lr_scaling, ("linear", "none"))
+        _check(self.nproc_per_node >= 1, "train.nproc_per_node", self.nproc_per_node, "an integer >= 1")
+        if self.balanced_sampler and self.nproc_per_node > 1:
+            raise ConfigError("train.balanced_sampler is not supported with train.nproc_per_node > 1")
         for key in ("lr_stage1", "lr_stage2"):
             _check(getattr(self, key) > 0, f"train.{key}", getattr(self, key), "a number > 0")
         for key in ("epochs_stage1", "epochs_stage2", "save_freq", "patience"):

@@ -7,11 +7,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler, get_worker_info
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler, get_worker_info
 
 from dr_core.augment import build_transforms
 from dr_core.config import Params
 from dr_core.dataset import ArrayDataset, cached_dataset
+from dr_core.distributed import DistInfo, ShardSampler
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -33,21 +34,31 @@ class Loaders:
     def reseed(self, seed: int, epoch: int) -> None:
         """Make epoch ``epoch``'s shuffling and augmentation a function of (seed, epoch) only."""
         self.generator.manual_seed(seed * 1000 + epoch)
+        if isinstance(self.train.sampler, DistributedSampler):
+            self.train.sampler.set_epoch(epoch)
         dataset: ArrayDataset = self.train.dataset
         dataset.transform.set_random_seed(seed * 1000 + epoch)  # used when num_workers == 0
 
 
 def make_loaders(cache_dir: Path, params: Params, mean: Sequence[float], std: Sequence[float],
-                 device: torch.device) -> Loaders:
-    """Loaders for the cached train (augmented, shuffled or class-balanced) and val splits."""
+                 device: torch.device, dist: DistInfo = DistInfo()) -> Loaders:
+    """Loaders for the cached train (augmented, shuffled or class-balanced) and val splits.
+
+    Distributed: each process sees a disjoint shard of train (DistributedSampler) and of val
+    (every world_size-th image, no padding, so gathered predictions cover val exactly once).
+    """
     t = params.train
     level = "advanced" if t.advanced_aug else "basic"
     train_ds, train_meta = cached_dataset(cache_dir, "train", build_transforms(t.image_size, mean, std, level))
     val_ds, _ = cached_dataset(cache_dir, "val", build_transforms(t.image_size, mean, std, "none"))
     grades = train_meta["grade"].to_numpy()
     generator = torch.Generator().manual_seed(params.seed)
-    sampler = None
-    if t.balanced_sampler:
+    sampler, val_sampler = None, None
+    if dist.enabled:
+        sampler = DistributedSampler(train_ds, dist.world_size, dist.rank, shuffle=True, seed=params.seed,
+                                     drop_last=True)
+        val_sampler = ShardSampler(len(val_ds), dist.rank, dist.world_size)
+    elif t.balanced_sampler:
         counts = np.bincount(grades, minlength=params.model.num_classes)
         weights = 1.0 / counts[grades]
         sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(grades),
@@ -57,5 +68,5 @@ def make_loaders(cache_dir: Path, params: Params, mean: Sequence[float], std: Se
                   persistent_workers=False)
     train = DataLoader(train_ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler,
                        generator=generator, drop_last=len(train_ds) > t.batch_size, **common)
-    val = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, **common)
+    val = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, sampler=val_sampler, **common)
     return Loaders(train, val, grades, generator)

@@ -32,6 +32,7 @@ class StepContext:
     frozen_backbone: bool = False  # stage 1: backbone in eval mode under no_grad
     ema: Any = None  # timm ModelEmaV3 or None
     lr_hint: str = "train.lr_stage2"
+    ddp_module: nn.Module | None = None  # DDP(TwoStageForward(model)) when distributed
 
 
 @dataclass
@@ -70,6 +71,18 @@ def forward(model: nn.Module, x: torch.Tensor, frozen_backbone: bool) -> torch.T
     return model(x)
 
 
+class TwoStageForward(nn.Module):
+    """``forward`` as a module, so that DDP can wrap the frozen-backbone stage too."""
+
+    def __init__(self, model: nn.Module, frozen_backbone: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.frozen_backbone = frozen_backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return forward(self.model, x, self.frozen_backbone)
+
+
 def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: StepContext,
               optimizer: torch.optim.Optimizer | None = None, desc: str = "",
               epoch: int = 0) -> EpochResult:
@@ -99,7 +112,10 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
             amp = (torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype)
                    if ctx.autocast_dtype is not None else contextlib.nullcontext())
             with amp:
-                logits = forward(model, x, ctx.frozen_backbone and train)
+                if train and ctx.ddp_module is not None:
+                    logits = ctx.ddp_module(x)  # gradients all-reduced across processes
+                else:
+                    logits = forward(model, x, ctx.frozen_backbone and train)
                 loss = loss_fn(logits.float(), y)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(

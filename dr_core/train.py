@@ -22,7 +22,8 @@ from dr_core.checkpoint import read_checkpoint, save_checkpoint
 from dr_core.config import GRADE_NAMES, Params
 from dr_core.data_loading import make_loaders
 from dr_core.device import autocast_dtype, describe_device, pick_device, seed_everything
-from dr_core.engine import EpochResult, StepContext, run_epoch
+from dr_core.distributed import DistInfo, all_ranks_sum, gather_in_order, init_distributed, shutdown
+from dr_core.engine import EpochResult, StepContext, TwoStageForward, run_epoch
 from dr_core.losses import build_loss, class_weights
 from dr_core.metrics import accuracy, f1_macro, quadratic_weighted_kappa
 from dr_core.models import build_model, normalisation
@@ -84,20 +85,28 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
         the summary: best epoch, best value of ``train.monitor``, epochs run.
     """
     t = params.train
-    save_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(t.device)
-    log.info("device: %s", describe_device(device))
+    dist = init_distributed(device.type)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+    if dist.is_main:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        log.info("device: %s; %d process(es)", describe_device(device), dist.world_size)
     seed_everything(params.seed, deterministic=t.deterministic)
 
     model = build_model(params.model)
     mean, std = normalisation(model)
-    loaders = make_loaders(cache_dir, params, mean, std, device)
+    loaders = make_loaders(cache_dir, params, mean, std, device, dist)
     weights = class_weights(loaders.train_grades, params.model.num_classes)
-    _log_distribution(loaders.train_grades, weights, params.model.num_classes)
+    if dist.is_main:
+        _log_distribution(loaders.train_grades, weights, params.model.num_classes)
     loss_fn = build_loss(t.loss, weights, t.focal_gamma, t.focal_alpha, t.label_smoothing).to(device)
+    if dist.enabled and t.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
+    lr_scale = dist.world_size if t.lr_scaling == "linear" else 1
 
     digest = run_digest(params, cache_dir)
     state = _resume_state(save_dir / "last.pth", digest)
@@ -107,8 +116,9 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
     best = state["best"] if state else {"value": None, "epoch": 0, "stage1_value": None}
     done = state["epoch"] if state else 0
     tracker = EpochLogger(live_dir, history, extra_params={
-        "device": str(device), "effective_batch_size": t.batch_size * t.grad_accum,
-        "class_weights": [round(float(w), 4) for w in weights]})
+        "device": str(device), "world_size": dist.world_size, "lr_scale": lr_scale,
+        "effective_batch_size": t.batch_size * t.grad_accum * dist.world_size,
+        "class_weights": [round(float(w), 4) for w in weights]}) if dist.is_main else None
 
     epoch = 0
     for stage, n_epochs, lr in stage_plan(params):
@@ -116,7 +126,8 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
         epoch += n_epochs
         if done >= epoch:
             continue  # stage already finished before the interruption
-        ctx, optimizer = _stage_context(model, params, stage, lr, n_epochs, len(loaders.train), device)
+        ctx, optimizer = _stage_context(model, params, stage, lr * lr_scale, n_epochs, len(loaders.train),
+                                        device, dist)
         bad_epochs = 0
         if state is not None and state["stage"] == stage:
             optimizer.load_state_dict(state["optimizer"])
@@ -135,30 +146,34 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
             tr = run_epoch(model, loaders.train, loss_fn, ctx, optimizer, f"stage {stage} epoch {e} [train]", e)
             eval_model = ctx.ema.module if ctx.ema is not None else model
             va = run_epoch(eval_model, loaders.val, loss_fn, ctx, None, f"stage {stage} epoch {e} [val]", e)
+            tr, va = _gathered(dist, tr, None), _gathered(dist, va, loaders.val.sampler)
             row = _epoch_row(e, stage, tr, va, optimizer, params.model.num_classes)
             history.append(row)
-            tracker.log_epoch(row)
+            if dist.is_main:
+                tracker.log_epoch(row)
             value = row[t.monitor]
             improved = _improves(value, best["value"], t.monitor)
             meta = _checkpoint_meta(params, mean, std, e, stage)
+            save = save_checkpoint if dist.is_main else (lambda *a, **k: None)  # rank 0 writes
             if improved:
                 best.update(value=value, epoch=e)
-                save_checkpoint(save_dir / "best_model.pth", eval_model, meta)
+                save(save_dir / "best_model.pth", eval_model, meta)
                 bad_epochs = 0
             else:
                 bad_epochs += 1
             if stage == 1 and _improves(value, best["stage1_value"], t.monitor):
                 best["stage1_value"] = value
-                save_checkpoint(save_dir / "best_stage1.pth", eval_model, meta)
+                save(save_dir / "best_stage1.pth", eval_model, meta)
             if t.save_freq and e % t.save_freq == 0:
-                save_checkpoint(save_dir / f"checkpoint_epoch_{e}.pth", eval_model, meta)
-            log.info("epoch %d/%d (stage %d): train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% qwk %.4f%s",
-                     e, sum(n for _, n, _ in stage_plan(params)), stage, row["train/loss"],
-                     100 * row["train/acc"], row["val/loss"], 100 * row["val/acc"], row["val/qwk"],
-                     "  (best, saved)" if improved else "")
+                save(save_dir / f"checkpoint_epoch_{e}.pth", eval_model, meta)
+            total = sum(n for _, n, _ in stage_plan(params))
+            if dist.is_main:
+                log.info("epoch %d/%d (stage %d): train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% qwk %.4f%s",
+                         e, total, stage, row["train/loss"], 100 * row["train/acc"], row["val/loss"],
+                         100 * row["val/acc"], row["val/qwk"], "  (best, saved)" if improved else "")
             stop = t.patience > 0 and bad_epochs >= t.patience
-            finished = stop and stage == stage_plan(params)[-1][0] or e == sum(n for _, n, _ in stage_plan(params))
-            save_checkpoint(save_dir / "last.pth", model, meta, {
+            finished = (stop and stage == stage_plan(params)[-1][0]) or e == total
+            save(save_dir / "last.pth", model, meta, {
                 "digest": digest, "epoch": e if not stop else epoch, "stage": stage, "history": history,
                 "best": best, "bad_epochs": bad_epochs, "finished": finished,
                 "optimizer": optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
@@ -170,6 +185,9 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
         state = None  # resume state applies to the interrupted stage only
     summary = {"best_epoch": best["epoch"], "best_value": best["value"], "monitor": t.monitor,
                "epochs_run": len(history)}
+    shutdown(dist)
+    if not dist.is_main:
+        return summary
     tracker.finish(summary)
     _write_json(save_dir / "training_history.json", {"history": history, "summary": summary})
     log.info("training done: best %s = %.4f at epoch %d; models in %s", t.monitor,
@@ -178,7 +196,8 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
 
 
 def _stage_context(model: nn.Module, params: Params, stage: int, lr: float, n_epochs: int,
-                   n_batches: int, device: torch.device) -> tuple[StepContext, torch.optim.Optimizer]:
+                   n_batches: int, device: torch.device, dist: DistInfo = DistInfo()
+                   ) -> tuple[StepContext, torch.optim.Optimizer]:
     t = params.train
     frozen = stage == 1 and t.two_stage
     for p in model.parameters():
@@ -196,10 +215,26 @@ def _stage_context(model: nn.Module, params: Params, stage: int, lr: float, n_ep
     if t.ema and not frozen:
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(model, decay=t.ema_decay)
+    ddp = None
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        ddp = DistributedDataParallel(TwoStageForward(model, frozen),
+                                      device_ids=[device.index] if device.type == "cuda" else None)
     ctx = StepContext(device=device, autocast_dtype=dtype, scaler=scaler, scheduler=scheduler,
                       grad_accum=t.grad_accum, grad_clip=t.grad_clip, channels_last=t.channels_last,
-                      frozen_backbone=frozen, ema=ema, lr_hint=f"train.lr_stage{stage}")
+                      frozen_backbone=frozen, ema=ema, lr_hint=f"train.lr_stage{stage}", ddp_module=ddp)
     return ctx, optimizer
+
+
+def _gathered(dist: DistInfo, res: EpochResult, sampler) -> EpochResult:
+    """Predictions and mean loss over all processes (val rows back in dataset order)."""
+    if not dist.enabled:
+        return res
+    n = len(res.y_true)
+    indices = np.asarray(sampler.indices) if sampler is not None else np.arange(n) * dist.world_size + dist.rank
+    y_true, probs = gather_in_order(dist, indices, res.y_true, res.probs)
+    loss = all_ranks_sum(dist, res.loss * n) / max(all_ranks_sum(dist, float(n)), 1)
+    return EpochResult(loss=loss, y_true=y_true, probs=probs, seconds=res.seconds)
 
 
 def _epoch_row(epoch: int, stage: int, tr: EpochResult, va: EpochResult, optimizer: torch.optim.Optimizer,
@@ -211,7 +246,7 @@ def _epoch_row(epoch: int, stage: int, tr: EpochResult, va: EpochResult, optimiz
         row[f"{split}/acc"] = accuracy(res.y_true, res.y_pred)
         row[f"{split}/qwk"] = quadratic_weighted_kappa(res.y_true, res.y_pred, num_classes)
         row[f"{split}/f1_macro"] = f1_macro(res.y_true, res.y_pred, num_classes)
-    row["train/images_per_s"] = len(tr.y_true) / max(tr.seconds, 1e-9)
+    row["train/images_per_s"] = len(tr.y_true) / max(tr.seconds, 1e-9)  # all processes together
     return row
 
 

@@ -1,8 +1,14 @@
-"""Train stage: two-stage fine-tuning of a timm model on the cached train/val splits."""
+"""Train stage: two-stage fine-tuning of a timm model on the cached train/val splits.
+
+With ``train.nproc_per_node > 1`` it relaunches itself under
+``torchrun --standalone --nproc_per_node=N`` (DDP; NCCL on GPUs, gloo on CPU).
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +25,12 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
+    n = params.train.nproc_per_node
+    if n > 1 and "LOCAL_RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               "-m", "stages.train", *sys.argv[1:]]
+        logging.getLogger("stages.train").info("launching: %s", " ".join(cmd))
+        return subprocess.call(cmd)
     fit(args.cache_dir, args.save_dir, args.live_dir, params)
     return 0
 
