@@ -94,3 +94,28 @@ def test_plots_render_to_html(project):
     html = (project / "plots_html" / "index.html").read_text()
     for needle in ("Confusion matrix", "Referable DR ROC", "Training curves"):
         assert needle in html, needle
+
+
+def test_queued_experiments_run_in_parallel_and_reuse_the_cache(project):
+    import time
+    _run(["dvc", "exp", "run", "--queue", "-S", "train.loss=ce,weighted_ce"], project)
+    _run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = _run(["dvc", "queue", "status"], project, stdout_only=True)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert "Failed" not in status, status + _run(["dvc", "queue", "logs", status.split()[-1]], project)
+    _run(["dvc", "queue", "stop", "--kill"], project)
+    rows = json.loads(_run(["dvc", "exp", "show", "--json"], project, stdout_only=True))
+    exps = [e for row in rows for e in (row.get("experiments") or [])]
+    losses = set()
+    for exp in exps:
+        for rev in exp.get("revs", []):
+            data = rev.get("data") or {}
+            params = data.get("params", {}).get("params.yaml", {}).get("data", {})
+            metrics = data.get("metrics", {}).get("results/metrics.json", {}).get("data", {})
+            if "test" in metrics:
+                losses.add(params["train"]["loss"])
+    assert {"ce", "weighted_ce"} <= losses
