@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler, get_worker_info
@@ -48,6 +49,8 @@ def make_loaders(cache_dir: Path, params: Params, mean: Sequence[float], std: Se
     (every world_size-th image, no padding, so gathered predictions cover val exactly once).
     """
     t = params.train
+    if t.num_workers:
+        cv2.setNumThreads(0)  # OpenCV's thread pool does not survive fork into loader workers
     level = "advanced" if t.advanced_aug else "basic"
     train_ds, train_meta = cached_dataset(cache_dir, "train", build_transforms(t.image_size, mean, std, level))
     val_ds, _ = cached_dataset(cache_dir, "val", build_transforms(t.image_size, mean, std, "none"))
