@@ -5,10 +5,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# dvc.yaml's commands call `python`: make it the venv's.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: repro test test-fast bench real-cpu clean-venv
 
 $(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || (echo "drgrade: $(PYTHON) not found; install Python 3.11" >&2; exit 1)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
