@@ -49,7 +49,7 @@ class DataConfig:
     id_col: str = "auto"  # auto: id_code (APTOS) or image (EyePACS)
     label_col: str = "auto"  # auto: diagnosis (APTOS) or level (EyePACS)
     patient: str = "auto"  # auto | eyepacs | none | <column name>
-    on_bad_image: str = "error"
+    on_bad_image: str = "skip"  # skipped images are reported, counted and capped
     max_bad_fraction: float = 0.05
     dedup_max_distance: int = 8  # perceptual-hash Hamming distance; -1 disables
 
