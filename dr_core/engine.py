@@ -14,6 +14,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 
+SYNC_EVERY = 16  # batches between host reads of the running loss (NaN check, progress bar)
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -98,8 +101,12 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
     else:
         model.eval()
     start = time.perf_counter()
-    total_loss, seen, correct = 0.0, 0, 0
-    y_true, probs = [], []
+    # Running sums stay on the device; the host reads them only every SYNC_EVERY batches (and on
+    # the first and last), so a GPU is not stalled by a sync per batch.
+    loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
+    correct = torch.zeros((), device=ctx.device, dtype=torch.int64)
+    seen, checked = 0, 0
+    y_true, logits_all = [], []
     n_batches = len(loader)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
     grad_ctx = contextlib.nullcontext() if train else torch.no_grad()
@@ -117,27 +124,31 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
                 else:
                     logits = forward(model, x, ctx.frozen_backbone and train)
                 loss = loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"{desc or 'epoch'} (epoch {epoch}), batch {i + 1}/{n_batches}: loss is {loss.item()}. "
-                    f"Likely fixes: lower the learning rate ({ctx.lr_hint}), set "
-                    "train.mixed_precision=false (fp16 overflow), or check the inputs for NaN")
             if train:
                 step_now = (i + 1) % ctx.grad_accum == 0 or i + 1 == n_batches
                 _backward_step(model, loss / ctx.grad_accum, optimizer, ctx, step_now)
-            bs = y.shape[0]
-            total_loss += loss.item() * bs
-            seen += bs
-            p = logits.detach().float().softmax(-1).cpu()
-            y_true.append(y.cpu())
-            probs.append(p)
-            correct += int((p.argmax(1) == y_true[-1]).sum())
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.2%}")
+            logits = logits.detach().float()
+            loss_sum += loss.detach() * y.shape[0]
+            correct += (logits.argmax(1) == y).sum()
+            seen += y.shape[0]
+            y_true.append(y)
+            logits_all.append(logits)
+            if i == 0 or (i + 1) % SYNC_EVERY == 0 or i + 1 == n_batches:
+                total = loss_sum.item()
+                if not math.isfinite(total):
+                    raise TrainingDiverged(
+                        f"{desc or 'epoch'} (epoch {epoch}), batch {checked + 1}-{i + 1}/{n_batches}: "
+                        f"loss is {total}. Likely fixes: lower the learning rate ({ctx.lr_hint}), set "
+                        "train.mixed_precision=false (fp16 overflow), or check the inputs for NaN")
+                checked = i + 1
+                bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{int(correct) / seen:.2%}", refresh=False)
     bar.close()
+    if not seen:
+        return EpochResult(math.nan, np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32))
     return EpochResult(
-        loss=total_loss / max(seen, 1) if seen else math.nan,
-        y_true=torch.cat(y_true).numpy() if y_true else np.zeros(0, dtype=np.int64),
-        probs=torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32),
+        loss=loss_sum.item() / seen,
+        y_true=torch.cat(y_true).cpu().numpy(),
+        probs=torch.cat(logits_all).softmax(-1).cpu().numpy(),
         seconds=time.perf_counter() - start,
     )
 
@@ -153,8 +164,7 @@ def _backward_step(model: nn.Module, loss: torch.Tensor, optimizer: torch.optim.
     if ctx.grad_clip > 0:
         if ctx.scaler is not None:
             ctx.scaler.unscale_(optimizer)
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], ctx.grad_clip)
     if ctx.scaler is not None:
         ctx.scaler.step(optimizer)
         ctx.scaler.update()

@@ -75,7 +75,7 @@ def test_nan_loss_names_epoch_batch_and_fixes(fake_cache):
     loader = torch.utils.data.DataLoader(ds, batch_size=8)
     ctx = StepContext(device=torch.device("cpu"), lr_hint="train.lr_stage2")
     opt = torch.optim.AdamW(model.parameters())
-    with pytest.raises(TrainingDiverged, match=r"epoch 3\), batch 1/5: loss is nan.*train.lr_stage2.*mixed_precision"):
+    with pytest.raises(TrainingDiverged, match=r"epoch 3\), batch 1-1/5: loss is nan.*train.lr_stage2.*mixed_precision"):
         run_epoch(model, loader, torch.nn.CrossEntropyLoss(), ctx, opt, "stage 2 epoch 3", 3)
 
 
