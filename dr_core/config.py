@@ -128,7 +128,7 @@ class TrainConfig:
     image_size: int = 224
     two_stage: bool = True
     epochs_stage1: int = 2
-    epochs_stage2: int = 6
+    epochs_stage2: int = 4
     lr_stage1: float = 1e-3
     lr_stage2: float = 3e-4
     backbone_lr_mult: float = 1.0
