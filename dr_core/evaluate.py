@@ -52,28 +52,37 @@ def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: Evalu
                             operating_point=point)
 
 
-def load_raw_images(rows, img_dir: Path, preprocess: PreprocessConfig) -> np.ndarray:
+def load_raw_images(files: list[str], img_dir: Path, preprocess: PreprocessConfig) -> np.ndarray:
     """Read and preprocess raw photos exactly as the cache was built for the checkpoint."""
     from tqdm.auto import tqdm
 
-    from dr_core.preprocess import preprocess_image, read_fundus
+    from dr_core.preprocess import preprocess_file
 
     size = preprocess.cache_size
-    out = np.zeros((len(rows), size, size, 3), np.uint8)
-    for i, file in enumerate(tqdm(rows["file"], desc="preprocess", leave=False)):
-        out[i] = preprocess_image(read_fundus(img_dir / file, size), preprocess)
+    out = np.zeros((len(files), size, size, 3), np.uint8)
+    for i, file in enumerate(tqdm(files, desc="preprocess", leave=False)):
+        out[i] = preprocess_file(img_dir / file, preprocess)
     return out
 
 
 def evaluate_folder(labels_csv: Path, img_dir: Path, model_path: Path, out_dir: Path, cfg: EvaluateConfig,
                     threshold: float, data: DataConfig | None = None, device: str = "cpu",
                     seed: int = 0) -> dict[str, Any]:
-    """Evaluate a checkpoint on every labelled photo of a folder (no split, nothing tuned on it)."""
-    from dr_core.ingest import load_labels
+    """Evaluate a checkpoint on every labelled photo of a folder (no split, nothing tuned on it).
 
+    Photos are validated as the split stage does; with ``data.on_bad_image: skip`` the unusable
+    ones are left out and listed in ``<out_dir>/bad_images.csv``.
+    """
+    from dr_core.ingest import read_labels
+    from dr_core.split import usable_photographs
+
+    data = data or DataConfig()
     model, meta = load_checkpoint(model_path)
-    rows = load_labels(labels_csv, img_dir, data or DataConfig(), meta["num_classes"])
-    images = load_raw_images(rows, img_dir, PreprocessConfig(**meta["preprocess"]))
+    labels = read_labels(labels_csv, data, meta["num_classes"])
+    rows, _, bad = usable_photographs(labels.table, img_dir, data, labels_csv, workers=0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bad[["id", "file", "reason"]].to_csv(out_dir / "bad_images.csv", index=False)
+    images = load_raw_images(rows["file"].tolist(), img_dir, PreprocessConfig(**meta["preprocess"]))
     probs = predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta)
     return write_evaluation(out_dir, rows["id"].tolist(), rows["patient"].tolist(), rows["grade"].to_numpy(),
                             probs, threshold, cfg, meta["class_names"], "external", seed)

@@ -133,7 +133,7 @@ def run_split(labels_csv: Path, img_dir: Path, out_dir: Path, data: DataConfig, 
     table = labels.table.copy()
     check_stratifiable(table["grade"].to_numpy(), table["patient"].to_numpy(), num_classes,
                        "patients", labels_csv)
-    good, checks, bad = _usable_photographs(table, img_dir, data, labels_csv, workers)
+    good, checks, bad = usable_photographs(table, img_dir, data, labels_csv, workers)
 
     exact, near = dedup.find_duplicates([c.digest for c in checks],
                                         np.array([c.phash for c in checks], dtype=np.uint64),
@@ -167,7 +167,7 @@ def run_split(labels_csv: Path, img_dir: Path, out_dir: Path, data: DataConfig, 
     return summary
 
 
-def _usable_photographs(table: pd.DataFrame, img_dir: Path, data: DataConfig, labels_csv: Path,
+def usable_photographs(table: pd.DataFrame, img_dir: Path, data: DataConfig, labels_csv: Path,
                         workers: int) -> tuple[pd.DataFrame, list[ingest.ImageCheck], pd.DataFrame]:
     """Find and check every photograph; apply ``data.on_bad_image``.
 
