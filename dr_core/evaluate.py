@@ -121,8 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg, data, seed = EvaluateConfig(), DataConfig(), 0
     if args.tta:
         cfg = EvaluateConfig(**{**cfg.__dict__, "tta": True})
-    metrics = evaluate_folder(args.labels_csv, args.img_dir, args.model_path, args.output_dir, cfg,
-                              _threshold(args), data, args.device, seed)
+    from dr_core.checkpoint import CheckpointError
+    from dr_core.ingest import DataError
+
+    try:
+        metrics = evaluate_folder(args.labels_csv, args.img_dir, args.model_path, args.output_dir, cfg,
+                                  _threshold(args), data, args.device, seed)
+    except (DataError, CheckpointError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     log.info("wrote %s (QWK %.4f)", args.output_dir, metrics["qwk"] if metrics["qwk"] is not None else float("nan"))
     return 0
 
