@@ -21,6 +21,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the message names the settings that fix it."""
+
+
 @dataclass
 class StepContext:
     """How batches are run: device, precision and optimisation details."""
@@ -118,15 +122,22 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
                 x = x.contiguous(memory_format=torch.channels_last)
             amp = (torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype)
                    if ctx.autocast_dtype is not None else contextlib.nullcontext())
-            with amp:
-                if train and ctx.ddp_module is not None:
-                    logits = ctx.ddp_module(x)  # gradients all-reduced across processes
-                else:
-                    logits = forward(model, x, ctx.frozen_backbone and train)
-                loss = loss_fn(logits.float(), y)
-            if train:
-                step_now = (i + 1) % ctx.grad_accum == 0 or i + 1 == n_batches
-                _backward_step(model, loss / ctx.grad_accum, optimizer, ctx, step_now)
+            try:
+                with amp:
+                    if train and ctx.ddp_module is not None:
+                        logits = ctx.ddp_module(x)  # gradients all-reduced across processes
+                    else:
+                        logits = forward(model, x, ctx.frozen_backbone and train)
+                    loss = loss_fn(logits.float(), y)
+                if train:
+                    step_now = (i + 1) % ctx.grad_accum == 0 or i + 1 == n_batches
+                    _backward_step(model, loss / ctx.grad_accum, optimizer, ctx, step_now)
+            except torch.OutOfMemoryError as err:
+                raise OutOfMemory(
+                    f"{desc or 'epoch'} (epoch {epoch}), batch {i + 1}/{n_batches}: out of {ctx.device.type} "
+                    f"memory with a batch of {tuple(x.shape)} (B, C, H, W). Lower train.batch_size (keep the "
+                    "effective batch with train.grad_accum), lower train.image_size, or enable "
+                    "train.mixed_precision") from err
             logits = logits.detach().float()
             loss_sum += loss.detach() * y.shape[0]
             correct += (logits.argmax(1) == y).sum()

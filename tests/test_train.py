@@ -79,6 +79,21 @@ def test_nan_loss_names_epoch_batch_and_fixes(fake_cache):
         run_epoch(model, loader, torch.nn.CrossEntropyLoss(), ctx, opt, "stage 2 epoch 3", 3)
 
 
+def test_out_of_memory_names_batch_and_image_size(fake_cache):
+    from dr_core.augment import build_transforms
+    from dr_core.dataset import cached_dataset
+    from dr_core.engine import OutOfMemory
+
+    class Hungry(torch.nn.Module):
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    ds, _ = cached_dataset(fake_cache, "val", build_transforms(32, (0.5,) * 3, (0.5,) * 3, "none"))
+    loader = torch.utils.data.DataLoader(ds, batch_size=8)
+    with pytest.raises(OutOfMemory, match=r"batch 1/3.*\(8, 3, 32, 32\).*train.batch_size.*train.image_size"):
+        run_epoch(Hungry(), loader, torch.nn.CrossEntropyLoss(), StepContext(device=torch.device("cpu")))
+
+
 def test_grad_accumulation_steps_optimizer_less_often(fake_cache, tmp_path):
     fit(fake_cache, tmp_path / "m", tmp_path / "l", tiny(grad_accum=2, epochs_stage1=0, epochs_stage2=1))
     state = read_checkpoint(tmp_path / "m" / "last.pth")["train_state"]
