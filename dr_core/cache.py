@@ -12,7 +12,6 @@ import functools
 import itertools
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from dr_core.config import PreprocessConfig
 from dr_core.contact_sheet import make_contact_sheet
+from dr_core.pool import pool_context
 from dr_core.preprocess import preprocess_file, read_fundus
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class _ImageMapper:
     def __enter__(self) -> Imap:
         if self.workers == 1:
             return lambda tasks: map(functools.partial(process_file, cfg=self.cfg), tasks)
-        self.pool = ProcessPoolExecutor(self.workers, mp_context=_pool_context(), initializer=_init_worker)
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=pool_context(["__main__", __name__]), initializer=_init_worker)
         return self._imap
 
     def _imap(self, tasks: Iterable[Task]) -> Iterator[tuple[int, np.ndarray]]:
@@ -215,22 +215,6 @@ class _ImageMapper:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """Fork-server where the platform has it, else spawn; never a plain fork.
-
-    A forked child that calls ``cv2.setNumThreads`` can hang forever when the parent has used
-    OpenCV's thread pool (seen with OpenCV 5.0, pthreads backend); torch's threads carry the same
-    risk. The fork server is a fresh process that imports the main script and this module once,
-    so workers still start in milliseconds. As with spawn, the main script needs the
-    ``if __name__ == "__main__":`` guard.
-    """
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["__main__", __name__])
-        return ctx
-    return multiprocessing.get_context("spawn")
 
 
 def _init_worker() -> None:

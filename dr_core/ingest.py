@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import multiprocessing as mp
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from dr_core.config import DataConfig
 from dr_core.dedup import fingerprint
+from dr_core.pool import pool_context
 
 logger = logging.getLogger(__name__)
 
@@ -356,10 +356,5 @@ def check_images(paths: list[str], workers: int = 0) -> list[ImageCheck]:
     if workers <= 1:
         return [check_image(p) for p in tqdm(paths, **bar)]
     chunk = max(1, min(32, len(paths) // (4 * workers)))
-    # Not fork: a child forked after OpenCV started its threads can deadlock.
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    context = mp.get_context(method)
-    if method == "forkserver":
-        context.set_forkserver_preload([__name__])
-    with ProcessPoolExecutor(workers, context, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+    with ProcessPoolExecutor(workers, pool_context([__name__]), initializer=cv2.setNumThreads, initargs=(1,)) as pool:
         return list(tqdm(pool.map(check_image, paths, chunksize=chunk), **bar))

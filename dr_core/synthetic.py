@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from dr_core.synthetic_anatomy import (Layout, add_optic_disc, draw_vessel, paint_background, retina_colour,
                                        sample_layout, vessel_tree)
+from dr_core.pool import pool_context
 from dr_core.synthetic_lesions import LAYERS, paint_lesions, plan_lesions
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def make_demo_dataset(out_dir: Path, n_patients: int, image_size: int, seed: int
                 _write_image(task)
                 bar.update()
         else:
-            with ProcessPoolExecutor(n_proc, mp_context=_pool_context(), initializer=cv2.setNumThreads,
+            with ProcessPoolExecutor(n_proc, mp_context=pool_context([__name__]), initializer=cv2.setNumThreads,
                                      initargs=(1,)) as pool:
                 for _ in pool.map(_write_image, tasks, chunksize=max(1, len(tasks) // (8 * n_proc))):
                     bar.update()
@@ -223,19 +223,6 @@ def make_demo_dataset(out_dir: Path, n_patients: int, image_size: int, seed: int
     log.info("wrote %d synthetic images (%d px) of %d patients to %s", len(rows), image_size, n_patients,
              out_dir)
     return table
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """Fork server where available, else spawn; never a plain fork.
-
-    A forked copy of a process that has used OpenCV's thread pool can hang on a lock
-    held at the moment of the fork; the fork server is a fresh single-threaded process.
-    """
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        return ctx
-    return multiprocessing.get_context("spawn")
 
 
 def _write_image(task: tuple[int, int, int, int, str, str]) -> None:
