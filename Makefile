@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: repro test test-fast bench real-cpu clean-venv
+.PHONY: repro test test-fast bench clean-venv
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || (echo "drgrade: $(PYTHON) not found; install Python 3.11" >&2; exit 1)
