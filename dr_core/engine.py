@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -50,7 +50,6 @@ class EpochResult:
     y_true: np.ndarray
     probs: np.ndarray  # (N, K) softmax probabilities
     seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def y_pred(self) -> np.ndarray:

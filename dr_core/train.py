@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from dr_core.checkpoint import read_checkpoint, save_checkpoint
-from dr_core.config import GRADE_NAMES, Params
+from dr_core.config import Params
 from dr_core.data_loading import make_loaders
 from dr_core.device import autocast_dtype, describe_device, pick_device, seed_everything
 from dr_core.distributed import DistInfo, all_ranks_sum, gather_in_order, init_distributed, shutdown
 from dr_core.engine import EpochResult, StepContext, TwoStageForward, run_epoch
 from dr_core.losses import build_loss, class_weights
-from dr_core.metrics import accuracy, f1_macro, quadratic_weighted_kappa
+from dr_core.metrics import accuracy, f1_macro, grade_names, quadratic_weighted_kappa
 from dr_core.models import build_model, normalisation
 from dr_core.optim import build_optimizer, param_groups
 from dr_core.tracking import EpochLogger
@@ -54,10 +54,9 @@ def run_digest(params: Params, cache_dir: Path) -> str:
 
 def _checkpoint_meta(params: Params, model_mean, model_std, epoch: int, stage: int) -> dict[str, Any]:
     k = params.model.num_classes
-    names = list(GRADE_NAMES) if k == len(GRADE_NAMES) else [f"grade {i}" for i in range(k)]
     return {"model_name": params.model.name, "num_classes": k, "image_size": params.train.image_size,
             "mean": list(model_mean), "std": list(model_std), "preprocess": asdict(params.preprocess),
-            "class_names": names, "epoch": epoch, "stage": stage, "params": params.to_dict()}
+            "class_names": grade_names(k), "epoch": epoch, "stage": stage, "params": params.to_dict()}
 
 
 def _resume_state(path: Path, digest: str) -> dict[str, Any] | None:
@@ -261,7 +260,7 @@ def _improves(value: float, best: float | None, monitor: str) -> bool:
 
 def _log_distribution(grades: np.ndarray, weights: np.ndarray, num_classes: int) -> None:
     counts = np.bincount(grades, minlength=num_classes)
-    names = list(GRADE_NAMES) if num_classes == len(GRADE_NAMES) else [f"grade {i}" for i in range(num_classes)]
+    names = grade_names(num_classes)
     for k in range(num_classes):
         log.info("train grade %d (%s): %d images (%.1f%%), class weight %.4f", k, names[k], counts[k],
                  100 * counts[k] / max(counts.sum(), 1), weights[k])
