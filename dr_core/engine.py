@@ -98,8 +98,11 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
         TrainingDiverged: the loss is NaN or infinite (names the epoch and batch).
     """
     train = optimizer is not None
+    if train and ctx.frozen_backbone:
+        set_frozen_backbone_mode(model)
+    elif train:
+        model.train()
     if train:
-        set_frozen_backbone_mode(model) if ctx.frozen_backbone else model.train()
         optimizer.zero_grad(set_to_none=True)
     else:
         model.eval()

@@ -14,6 +14,7 @@ The referable-DR threshold is never tuned on the evaluated photos: it comes from
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg, data, seed = EvaluateConfig(), DataConfig(), 0
     if args.tta:
-        cfg = EvaluateConfig(**{**cfg.__dict__, "tta": True})
+        cfg = dataclasses.replace(cfg, tta=True)
     from dr_core.checkpoint import CheckpointError
     from dr_core.ingest import DataError
 

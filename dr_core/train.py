@@ -60,9 +60,11 @@ def _checkpoint_meta(params: Params, model_mean, model_std, epoch: int, stage: i
 
 
 def _resume_state(path: Path, digest: str) -> dict[str, Any] | None:
+    """The payload of ``last.pth`` (``train_state`` and ``model``) if it can be resumed, else None."""
     if not path.exists():
         return None
-    state = read_checkpoint(path)["train_state"]
+    payload = read_checkpoint(path)
+    state = payload["train_state"]
     if state.get("digest") != digest:
         log.info("ignoring %s: it belongs to other settings or data; starting afresh", path)
         return None
@@ -70,7 +72,7 @@ def _resume_state(path: Path, digest: str) -> dict[str, Any] | None:
         log.info("%s is a finished run; starting afresh", path)
         return None
     log.info("resuming from %s after epoch %d", path, state["epoch"])
-    return state
+    return {**state, "model": payload["model"]}
 
 
 def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict[str, Any]:
@@ -110,7 +112,7 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
     digest = run_digest(params, cache_dir)
     state = _resume_state(save_dir / "last.pth", digest)
     if state is not None:
-        model.load_state_dict(read_checkpoint(save_dir / "last.pth")["model"])
+        model.load_state_dict(state.pop("model"))
     history: list[dict[str, float]] = state["history"] if state else []
     best = state["best"] if state else {"value": None, "epoch": 0, "stage1_value": None}
     done = state["epoch"] if state else 0
