@@ -77,7 +77,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if not timm.is_model(meta["model_name"]):
         raise CheckpointError(f"{path}: architecture {meta['model_name']!r} is unknown to this timm "
                               f"version ({timm.__version__})")
-    model = timm.create_model(meta["model_name"], pretrained=False, num_classes=meta["num_classes"])
+    from dr_core.heads import num_outputs
+
+    meta.setdefault("head", "classification")  # checkpoints written before heads existed
+    model = timm.create_model(meta["model_name"], pretrained=False,
+                              num_classes=num_outputs(meta["head"], meta["num_classes"]))
     result = model.load_state_dict(payload["model"], strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(

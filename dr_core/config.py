@@ -14,7 +14,7 @@ from typing import Any, Mapping, get_type_hints
 
 import yaml
 
-LOSSES = ("ce", "weighted_ce", "focal")
+LOSSES = ("ce", "weighted_ce", "focal", "regression", "ordinal")
 AUGMENTS = ("none", "basic", "advanced")
 AMP_MODES = ("auto", "fp16", "bf16")
 BAD_IMAGE_POLICIES = ("error", "skip")
@@ -80,6 +80,7 @@ class PreprocessConfig:
     """Deterministic image work cached on disk (guide: --medical-preprocess)."""
 
     medical: bool = True  # border crop + CLAHE
+    clahe: bool = True  # with medical: false keeps the crop and skips CLAHE
     clahe_clip: float = 2.0
     clahe_grid: int = 8
     ben_graham: bool = False
@@ -135,7 +136,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
     min_lr_ratio: float = 0.01
-    loss: str = "weighted_ce"
+    loss: str = "weighted_ce"  # ce | weighted_ce | focal: classification; regression; ordinal
+    regression_loss: str = "smooth_l1"  # smooth_l1 | mse (train.loss=regression)
     focal_gamma: float = 2.0
     focal_alpha: bool = False  # focal alpha = class weights
     label_smoothing: float = 0.0
@@ -161,6 +163,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         _choice("train.loss", self.loss, LOSSES)
+        _choice("train.regression_loss", self.regression_loss, ("smooth_l1", "mse"))
         _choice("train.amp_dtype", self.amp_dtype, AMP_MODES)
         _choice("train.monitor", self.monitor, MONITORS)
         _choice("train.device", self.device, DEVICES)
@@ -199,8 +202,10 @@ class EvaluateConfig:
     bootstrap: int = 1000
     tta: bool = False
     batch_size: int = 64
+    grade_rule: str = "argmax"  # argmax | qwk: cut-points on the expected grade tuned on val for QWK
 
     def validate(self) -> None:
+        _choice("evaluate.grade_rule", self.grade_rule, ("argmax", "qwk"))
         _choice("evaluate.operating_point", self.operating_point, ("sensitivity", "youden"))
         _check(0 < self.target_sensitivity <= 1, "evaluate.target_sensitivity",
                self.target_sensitivity, "a fraction in (0, 1]")

@@ -13,6 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from dr_core.heads import to_probs
+
 
 SYNC_EVERY = 16  # batches between host reads of the running loss (NaN check, progress bar)
 
@@ -40,6 +42,8 @@ class StepContext:
     ema: Any = None  # timm ModelEmaV3 or None
     lr_hint: str = "train.lr_stage2"
     ddp_module: nn.Module | None = None  # DDP(TwoStageForward(model)) when distributed
+    head: str = "classification"  # classification | regression | ordinal (dr_core.heads)
+    num_classes: int = 5
 
 
 @dataclass
@@ -48,7 +52,7 @@ class EpochResult:
 
     loss: float
     y_true: np.ndarray
-    probs: np.ndarray  # (N, K) softmax probabilities
+    probs: np.ndarray  # (N, K) grade probabilities (dr_core.heads.to_probs)
     seconds: float = 0.0
 
     @property
@@ -69,7 +73,8 @@ def set_frozen_backbone_mode(model: nn.Module) -> None:
 
 
 def forward(model: nn.Module, x: torch.Tensor, frozen_backbone: bool) -> torch.Tensor:
-    """Logits (B, K). With a frozen backbone the features are computed without autograd."""
+    """Raw outputs (B, width of the head). With a frozen backbone the features are computed
+    without autograd."""
     if frozen_backbone:
         with torch.no_grad():
             feats = model.forward_features(x)  # (B, C, h, w): no graph kept for the backbone
@@ -112,7 +117,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
     loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
     correct = torch.zeros((), device=ctx.device, dtype=torch.int64)
     seen, checked = 0, 0
-    y_true, logits_all = [], []
+    y_true, probs_all = [], []
     n_batches = len(loader)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
     grad_ctx = contextlib.nullcontext() if train else torch.no_grad()
@@ -140,12 +145,12 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
                     f"memory with a batch of {tuple(x.shape)} (B, C, H, W). Lower train.batch_size (keep the "
                     "effective batch with train.grad_accum), lower train.image_size, or enable "
                     "train.mixed_precision") from err
-            logits = logits.detach().float()
+            probs = to_probs(ctx.head, logits.detach(), ctx.num_classes)
             loss_sum += loss.detach() * y.shape[0]
-            correct += (logits.argmax(1) == y).sum()
+            correct += (probs.argmax(1) == y).sum()
             seen += y.shape[0]
             y_true.append(y)
-            logits_all.append(logits)
+            probs_all.append(probs)
             if i == 0 or (i + 1) % SYNC_EVERY == 0 or i + 1 == n_batches:
                 total = loss_sum.item()
                 if not math.isfinite(total):
@@ -161,7 +166,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
     return EpochResult(
         loss=loss_sum.item() / seen,
         y_true=torch.cat(y_true).cpu().numpy(),
-        probs=torch.cat(logits_all).softmax(-1).cpu().numpy(),
+        probs=torch.cat(probs_all).cpu().numpy(),
         seconds=time.perf_counter() - start,
     )
 

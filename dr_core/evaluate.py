@@ -28,7 +28,7 @@ from dr_core.config import DataConfig, EvaluateConfig, PreprocessConfig, load_pa
 from dr_core.dataset import load_cache
 from dr_core.inference import predict_probs
 from dr_core.checkpoint import load_checkpoint
-from dr_core.report import choose_threshold, write_evaluation
+from dr_core.report import choose_cutpoints, choose_threshold, write_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,14 @@ def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: Evalu
         log.info("predicting %d %s images%s", len(images), split, " with TTA" if cfg.tta else "")
         probs[split] = predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta)
     point = choose_threshold(rows["val"]["grade"].to_numpy(), probs["val"], cfg)
+    point["grade_cutpoints"] = choose_cutpoints(rows["val"]["grade"].to_numpy(), probs["val"], cfg)
     point["model"] = str(model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "operating_point.json").write_text(json.dumps(point, indent=2) + "\n")
     test = rows["test"]
     return write_evaluation(out_dir, test["id"].tolist(), test["patient"].tolist(), test["grade"].to_numpy(),
                             probs["test"], point["threshold"], cfg, meta["class_names"], "test", seed,
-                            operating_point=point)
+                            operating_point=point, cutpoints=point["grade_cutpoints"])
 
 
 def load_raw_images(files: list[str], img_dir: Path, preprocess: PreprocessConfig) -> np.ndarray:
@@ -68,10 +69,11 @@ def load_raw_images(files: list[str], img_dir: Path, preprocess: PreprocessConfi
 
 def evaluate_folder(labels_csv: Path, img_dir: Path, model_path: Path, out_dir: Path, cfg: EvaluateConfig,
                     threshold: float, data: DataConfig | None = None, device: str = "cpu",
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0, cutpoints: list[float] | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on every labelled photo of a folder (no split, nothing tuned on it).
 
-    Photos are validated as the split stage does; with ``data.on_bad_image: skip`` the unusable
+    ``cutpoints`` (from the pipeline's ``operating_point.json``, chosen on val) decide the grade
+    when given, else the most probable grade. Photos are validated as the split stage does; with ``data.on_bad_image: skip`` the unusable
     ones are left out and listed in ``<out_dir>/bad_images.csv``.
     """
     from dr_core.ingest import read_labels
@@ -86,17 +88,20 @@ def evaluate_folder(labels_csv: Path, img_dir: Path, model_path: Path, out_dir: 
     images = load_raw_images(rows["file"].tolist(), img_dir, PreprocessConfig(**meta["preprocess"]))
     probs = predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta)
     return write_evaluation(out_dir, rows["id"].tolist(), rows["patient"].tolist(), rows["grade"].to_numpy(),
-                            probs, threshold, cfg, meta["class_names"], "external", seed)
+                            probs, threshold, cfg, meta["class_names"], "external", seed, cutpoints=cutpoints)
 
 
-def _threshold(args: argparse.Namespace) -> float:
+def _operating_point(args: argparse.Namespace) -> tuple[float, list[float] | None]:
+    """Referable threshold and grade cut-points: ``--threshold`` (argmax grades) or the
+    pipeline's operating point, both chosen on val."""
     if args.threshold is not None:
-        return args.threshold
+        return args.threshold, None
     path = args.operating_point
     if not path.exists():
         raise SystemExit(f"{path}: no operating point; run the pipeline's evaluate stage first "
                          "(`dvc repro evaluate`) or pass --threshold (referable-score cut-off, 0..1)")
-    return float(json.loads(path.read_text())["threshold"])
+    point = json.loads(path.read_text())
+    return float(point["threshold"]), point.get("grade_cutpoints")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     from dr_core.ingest import DataError
 
     try:
+        threshold, cutpoints = _operating_point(args)
         metrics = evaluate_folder(args.labels_csv, args.img_dir, args.model_path, args.output_dir, cfg,
-                                  _threshold(args), data, args.device, seed)
+                                  threshold, data, args.device, seed, cutpoints)
     except (DataError, CheckpointError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -48,7 +48,8 @@ def feature_module(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target: int | list[int] | None = None,
-             target_module: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+             target_module: nn.Module | None = None, head: str = "classification",
+             num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps for a batch.
 
     Args:
@@ -76,11 +77,15 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: int | list[int] | None =
                 shape = None if features is None else tuple(features.shape)
                 raise GradCamError(f"{type(module).__name__} output has shape {shape}; Grad-CAM needs "
                                    "a (B, C, h, w) convolutional feature map")
-            if target is None:
+            if head != "classification":
+                # regression: the predicted grade; ordinal: the summed cumulative logits. Both grow
+                # with severity, so the map shows what pushes the grade up.
+                classes = None
+            elif target is None:
                 classes = logits.argmax(dim=1)
             else:
                 classes = torch.as_tensor(target, device=logits.device).long().expand(len(x))
-            chosen = logits.gather(1, classes[:, None]).sum()
+            chosen = logits.sum() if classes is None else logits.gather(1, classes[:, None]).sum()
             (grads,) = torch.autograd.grad(chosen, features)
     finally:
         handle.remove()
@@ -90,7 +95,10 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: int | list[int] | None =
     cam = cam[:, 0]
     peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
     maps = (cam / peak).float().cpu().numpy()
-    return maps, logits.detach().float().softmax(dim=1).cpu().numpy()
+    from dr_core.heads import to_probs
+
+    k = num_classes if num_classes is not None else logits.shape[1]
+    return maps, to_probs(head, logits.detach(), k).cpu().numpy()
 
 
 def overlay_heatmap(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:

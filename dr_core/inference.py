@@ -1,4 +1,4 @@
-"""Class probabilities from a trained model, with optional test-time augmentation."""
+"""Grade probabilities from a trained model (any head), with optional test-time augmentation."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dr_core.augment import build_transforms
 from dr_core.dataset import ArrayDataset
+from dr_core.heads import to_probs
 
 
 def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
@@ -22,19 +23,19 @@ def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """Logits (B, K); with ``tta`` the mean of the softmax over the eight views, as log-probs."""
+def predict_batch(model: nn.Module, x: torch.Tensor, head: str = "classification", num_classes: int = 5,
+                  tta: bool = False) -> torch.Tensor:
+    """Grade probabilities (B, K); with ``tta`` their mean over the eight dihedral views."""
     if not tta:
-        return model(x).float()
-    probs = torch.stack([model(v).float().softmax(-1) for v in tta_views(x)]).mean(0)
-    return probs.clamp_min(1e-12).log()
+        return to_probs(head, model(x), num_classes)
+    return torch.stack([to_probs(head, model(v), num_classes) for v in tta_views(x)]).mean(0)
 
 
 @torch.no_grad()
 def predict_probs(model: nn.Module, images: np.ndarray | Dataset, meta: dict[str, Any],
                   batch_size: int = 64, device: str | torch.device = "cpu", tta: bool = False,
                   num_workers: int = 0) -> np.ndarray:
-    """Softmax probabilities (N, num_classes) for cached uint8 images (N, S, S, 3) or a Dataset.
+    """Grade probabilities (N, num_classes) for cached uint8 images (N, S, S, 3) or a Dataset.
 
     Images are resized to the checkpoint's ``image_size`` and normalised with its mean/std, exactly
     as evaluation does during training.
@@ -46,7 +47,8 @@ def predict_probs(model: nn.Module, images: np.ndarray | Dataset, meta: dict[str
     model = model.to(device).eval()
     out = []
     for x, _ in loader:
-        out.append(predict_logits(model, x.to(device), tta).softmax(-1).cpu())
+        out.append(predict_batch(model, x.to(device), meta.get("head", "classification"),
+                                 meta["num_classes"], tta).cpu())
     if not out:
         return np.zeros((0, meta["num_classes"]), dtype=np.float32)
     return torch.cat(out).numpy()

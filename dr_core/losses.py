@@ -1,4 +1,5 @@
-"""Classification losses for imbalanced grades: ce, weighted_ce and focal."""
+"""Losses for imbalanced grades: ce, weighted_ce and focal (classification heads), and the
+regression and ordinal losses of :mod:`dr_core.heads`."""
 from __future__ import annotations
 
 import numpy as np
@@ -52,8 +53,16 @@ class FocalLoss(nn.Module):
 
 
 def build_loss(name: str, weights: np.ndarray | None = None, gamma: float = 2.0,
-               focal_alpha: bool = False, label_smoothing: float = 0.0) -> nn.Module:
-    """The loss ``name`` (ce | weighted_ce | focal); ``weights`` are per-class weights."""
+               focal_alpha: bool = False, label_smoothing: float = 0.0,
+               regression_loss: str = "smooth_l1") -> nn.Module:
+    """The loss ``name`` (ce | weighted_ce | focal | regression | ordinal); ``weights`` are
+    per-class weights (weighted_ce, focal with ``focal_alpha``)."""
+    from dr_core.heads import OrdinalLoss, RegressionLoss
+
+    if name == "regression":
+        return RegressionLoss(regression_loss)
+    if name == "ordinal":
+        return OrdinalLoss()
     w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
     if name == "ce":
         return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -65,4 +74,4 @@ def build_loss(name: str, weights: np.ndarray | None = None, gamma: float = 2.0,
         if focal_alpha and w is None:
             raise ValueError("focal loss with focal_alpha=true needs class weights")
         return FocalLoss(gamma=gamma, alpha=w if focal_alpha else None, label_smoothing=label_smoothing)
-    raise ValueError(f"unknown loss {name!r}; valid: ce, weighted_ce, focal")
+    raise ValueError(f"unknown loss {name!r}; valid: ce, weighted_ce, focal, regression, ordinal")

@@ -217,12 +217,13 @@ def validate_predictions(y_true: np.ndarray, probs: np.ndarray, patients: Sequen
 
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, patients: Sequence, threshold: float,
                     referable_grade: int = 2, n_bootstrap: int = 1000, seed: int = 0,
-                    class_names: Sequence[str] | None = None, alpha: float = 0.05) -> dict[str, Any]:
+                    class_names: Sequence[str] | None = None, alpha: float = 0.05,
+                    y_pred: np.ndarray | None = None) -> dict[str, Any]:
     """Every test-split number in one flat, JSON-ready dict (``NaN`` becomes ``None``).
 
     Args:
         y_true: true grades ``(N,)``.
-        probs: softmax probabilities ``(N, K)``; the predicted grade is the argmax.
+        probs: grade probabilities ``(N, K)``.
         patients: patient id per photo, the bootstrap resampling unit.
         threshold: referable-score threshold, chosen beforehand on validation.
         referable_grade: grades at or above it are referable.
@@ -230,6 +231,7 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, patients: Sequence, t
         seed: seed of the bootstrap generator.
         class_names: one name per grade; defaults to :func:`grade_names`.
         alpha: 0.05 gives 95% intervals.
+        y_pred: predicted grades ``(N,)``; default the argmax of ``probs``.
 
     Returns:
         Scalars (``qwk``, ``accuracy``, ``referable_auc``, ... and ``<metric>_ci_low``/
@@ -243,7 +245,11 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, patients: Sequence, t
     names = list(class_names) if class_names is not None else grade_names(num_classes)
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for {num_classes} classes: {names}")
-    y_pred = probs.argmax(axis=1)
+    if y_pred is None:
+        y_pred = probs.argmax(axis=1)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_pred.shape != y_true.shape:
+        raise ValueError(f"y_pred has shape {y_pred.shape}, y_true {y_true.shape}")
     y_ref = referable_labels(y_true, referable_grade)
     score = referable_score(probs, referable_grade)
     called = score >= threshold

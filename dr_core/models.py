@@ -100,12 +100,14 @@ def reset_head(model: nn.Module, std: float = 0.01) -> None:
         nn.init.zeros_(head.bias)
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """Create ``cfg.name`` from timm with ``cfg.num_classes`` outputs and the requested weights.
+def build_model(cfg: ModelConfig, outputs: int | None = None) -> nn.Module:
+    """Create ``cfg.name`` from timm with the requested weights and ``outputs`` final units
+    (default ``cfg.num_classes``; 1 for a regression head, K-1 for an ordinal one).
 
     Weights: ``pretrained_file`` ("builtin" or a path) wins over ``pretrained`` (timm's hub).
     """
-    kwargs = dict(num_classes=cfg.num_classes, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
+    outputs = cfg.num_classes if outputs is None else outputs
+    kwargs = dict(num_classes=outputs, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
     if cfg.pretrained_file:
         model = timm.create_model(cfg.name, pretrained=False, **kwargs)
         if cfg.pretrained_file == BUILTIN:
@@ -134,7 +136,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             "and set model.pretrained_file=/path/to/weights.safetensors (or .pth), use "
             f"model.name={BUILTIN_ARCH} with model.pretrained_file=builtin, or set "
             "model.pretrained=false") from err
-    if cfg.num_classes != model.pretrained_cfg.get("num_classes"):
+    if outputs != model.pretrained_cfg.get("num_classes"):
         reset_head(model)
     return model
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from dr_core.augment import build_transforms, to_tensor
 from dr_core.checkpoint import CheckpointError, load_checkpoint
 from dr_core.config import PreprocessConfig
+from dr_core.cutpoints import decide_grades
 from dr_core.gradcam import feature_module, grad_cam, side_by_side
 from dr_core.inference import predict_probs
 from dr_core.metrics import referable_score
@@ -74,7 +75,8 @@ def load_photo(path: Path, cfg: PreprocessConfig) -> np.ndarray:
 def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path], root: Path | None = None,
                    threshold: float = 0.5, referable_grade: int = 2, batch_size: int = 16,
                    device: str | torch.device = "cpu", tta: bool = False, on_error: str = "error",
-                   gradcam_dir: Path | None = None) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
+                   gradcam_dir: Path | None = None, cutpoints: Sequence[float] | None = None
+                   ) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
     """Grade photos in batches.
 
     Args:
@@ -88,6 +90,8 @@ def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path
         tta: average the eight flips/rotations.
         on_error: ``"error"`` stops at the first unreadable photo, ``"skip"`` reports it and goes on.
         gradcam_dir: if given, writes ``<photo stem>_gradcam.png`` there for every graded photo.
+        cutpoints: grade cut-points on the expected grade (``grade_cutpoints`` of the evaluate
+            stage's operating point); ``None``: the most probable grade.
 
     Returns:
         One row per graded photo (file, grade, grade_name, prob_k, referable_score, referable)
@@ -117,8 +121,9 @@ def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path
         stack = np.stack(images)  # (B, S, S, 3) uint8
         probs = predict_probs(model, stack, meta, batch_size=batch_size, device=device, tta=tta)
         scores = referable_score(probs, referable_grade)
-        for path, p, score in zip(batch_paths, probs, scores):
-            grade = int(p.argmax())
+        grades = decide_grades(probs, cutpoints)
+        for path, p, score, grade in zip(batch_paths, probs, scores, grades):
+            grade = int(grade)
             file = str(path.relative_to(root)) if root is not None else str(path)
             rows.append({"file": file, "grade": grade, "grade_name": names[grade],
                          **{f"prob_{k}": float(v) for k, v in enumerate(p)},
@@ -126,7 +131,8 @@ def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path
         if gradcam_dir is not None:
             x = torch.stack([to_tensor(transform(image=im)["image"]) for im in images]).to(device)
             target_module = target_module or feature_module(model, x)
-            maps, _ = grad_cam(model, x, target_module=target_module)
+            maps, _ = grad_cam(model, x, target_module=target_module, head=meta.get("head", "classification"),
+                               num_classes=meta["num_classes"])
             gradcam_dir.mkdir(parents=True, exist_ok=True)
             for path, image, cam, row in zip(batch_paths, images, maps, rows[-len(images):]):
                 top = row[f"prob_{row['grade']}"]
@@ -154,6 +160,16 @@ def threshold_from_metrics(path: Path) -> float:
             return float(section["referable_threshold"])
     raise ValueError(f"{path}: no threshold or referable_threshold; pass results/operating_point.json "
                      "or results/metrics.json written by the evaluate stage")
+
+
+def cutpoints_from(path: Path) -> list[float] | None:
+    """``grade_cutpoints`` of an ``operating_point.json`` (None when grades are argmax)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    cuts = data.get("grade_cutpoints") if isinstance(data, dict) else None
+    return [float(c) for c in cuts] if isinstance(cuts, list) else None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -192,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         table, skipped = predict_photos(
             model, meta, photos, root=args.input if args.input.is_dir() else None, threshold=threshold,
             referable_grade=referable_grade, batch_size=args.batch_size, device=device, tta=args.tta,
-            on_error=args.on_error, gradcam_dir=args.gradcam_dir)
+            on_error=args.on_error, gradcam_dir=args.gradcam_dir,
+            cutpoints=cutpoints_from(args.threshold_from) if args.threshold_from else None)
     except (CheckpointError, PhotoError, FileNotFoundError, ValueError) as err:
         log.error("%s", err)
         return 1

@@ -13,7 +13,7 @@ Order inside :func:`preprocess_image`, and why:
    the camera resolution and makes the result nearly resolution-independent: the CLAHE tiles
    always cover the same fraction of the fundus, so a 3000 px photo and a 1000 px photo of the
    same eye come out alike (CLAHE at 3x the final size, then downsampled, looked the same).
-3. CLAHE on the L channel of LAB (if ``medical``), at the resolution the model sees.
+3. CLAHE on the L channel of LAB (if ``medical`` and ``clahe``), at the resolution the model sees.
    Before padding, so the padding stays exactly black (CLAHE lifts black to about 4).
 4. Ben Graham local colour normalisation (if ``ben_graham``), sigma = ``ben_sigma * cache_size``.
    Before padding too: the blur then never mixes padding into the retina at a cut edge.
@@ -194,7 +194,7 @@ def preprocess_image(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     size = cfg.cache_size
     image = crop_to_fundus(rgb) if cfg.medical else rgb
     image = resize_to_fit(image, size, cfg.keep_aspect)
-    if cfg.medical:
+    if cfg.medical and cfg.clahe:
         image = apply_clahe(image, cfg.clahe_clip, cfg.clahe_grid)
     if cfg.ben_graham:
         image = ben_graham(image, cfg.ben_sigma * size)

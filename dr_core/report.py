@@ -18,9 +18,10 @@ from sklearn.metrics import classification_report, roc_curve
 from dr_core import figures
 from dr_core.calibration import DEFAULT_BINS, reliability_bins
 from dr_core.config import EvaluateConfig
+from dr_core.cutpoints import decide_grades, expected_grade, optimize_cutpoints
 from dr_core.metrics import (choose_operating_point, compute_metrics, confusion_matrix, grade_names,
-                             referable_labels, referable_score, sensitivity_specificity, to_jsonable,
-                             validate_predictions)
+                             quadratic_weighted_kappa, referable_labels, referable_score,
+                             sensitivity_specificity, to_jsonable, validate_predictions)
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,26 @@ def choose_threshold(val_y_true: np.ndarray, val_probs: np.ndarray, cfg: Evaluat
     return point
 
 
+def choose_cutpoints(val_y_true: np.ndarray, val_probs: np.ndarray, cfg: EvaluateConfig) -> list[float] | None:
+    """Grade cut-points on the expected grade, tuned on validation for QWK (``grade_rule: qwk``);
+    ``None`` for ``grade_rule: argmax``."""
+    if cfg.grade_rule != "qwk":
+        return None
+    val_y_true, val_probs = validate_predictions(val_y_true, val_probs, name="val")
+    k = val_probs.shape[1]
+    before = quadratic_weighted_kappa(val_y_true, decide_grades(val_probs), k)
+    cuts = optimize_cutpoints(val_y_true, expected_grade(val_probs), k)
+    after = quadratic_weighted_kappa(val_y_true, decide_grades(val_probs, cuts), k)
+    log.info("grade cut-points tuned on val: %s (val QWK %.4f with argmax, %.4f with the cut-points)",
+             np.round(cuts, 3).tolist(), before, after)
+    return [float(c) for c in cuts]
+
+
 def write_evaluation(out_dir: str | Path, ids: Sequence, patients: Sequence, y_true: np.ndarray,
                      probs: np.ndarray, threshold: float, cfg: EvaluateConfig,
                      class_names: Sequence[str] | None = None, prefix: str | None = "test", seed: int = 0,
-                     operating_point: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     operating_point: Mapping[str, Any] | None = None,
+                     cutpoints: Sequence[float] | None = None) -> dict[str, Any]:
     """Score one split at a fixed referable threshold and write every output.
 
     Args:
@@ -70,6 +87,8 @@ def write_evaluation(out_dir: str | Path, ids: Sequence, patients: Sequence, y_t
         seed: seed of the patient bootstrap.
         operating_point: the dict :func:`choose_threshold` returned, if the threshold came from
             it; its validation numbers then appear in the report and metrics.json.
+        cutpoints: grade cut-points on the expected grade (:func:`choose_cutpoints`); ``None``
+            predicts the most probable grade.
 
     Returns:
         The metrics (unprefixed) as written to metrics.json.
@@ -82,8 +101,11 @@ def write_evaluation(out_dir: str | Path, ids: Sequence, patients: Sequence, y_t
         raise ValueError(f"threshold {threshold} differs from operating_point['threshold'] "
                          f"{operating_point['threshold']}")
     names = list(class_names) if class_names is not None else grade_names(probs.shape[1])
+    y_pred = decide_grades(probs, cutpoints)
     metrics = compute_metrics(y_true, probs, patients, threshold, cfg.referable_grade, cfg.bootstrap,
-                              seed, names)
+                              seed, names, y_pred=y_pred)
+    # QWK of the most probable grade too, so that grade rules can be compared on one run
+    metrics["qwk_argmax"] = to_jsonable(quadratic_weighted_kappa(y_true, probs.argmax(axis=1), probs.shape[1]))
     if operating_point is not None:
         metrics["val_referable_sensitivity"] = operating_point["val_sensitivity"]
         metrics["val_referable_specificity"] = operating_point["val_specificity"]
@@ -92,12 +114,11 @@ def write_evaluation(out_dir: str | Path, ids: Sequence, patients: Sequence, y_t
     with (out_dir / "metrics.json").open("w") as fh:
         json.dump({prefix: metrics} if prefix else metrics, fh, indent=2)
         fh.write("\n")
-    y_pred = probs.argmax(axis=1)
     score = referable_score(probs, cfg.referable_grade)
     _write_predictions(out_dir / "predictions.csv", ids, patients, y_true, y_pred, probs, score, threshold)
     (out_dir / "classification_report.txt").write_text(
         format_report(metrics, y_true, y_pred, names, prefix or "evaluated", operating_point))
-    _write_figures(out_dir, y_true, probs, score, metrics, names, cfg.referable_grade)
+    _write_figures(out_dir, y_true, probs, y_pred, score, metrics, names, cfg.referable_grade)
     log.info("%s: QWK %s, referable AUC %s, sensitivity %s, specificity %s -> %s", prefix or "evaluated",
              _ci(metrics, "qwk"), _ci(metrics, "referable_auc"), _ci(metrics, "referable_sensitivity"),
              _ci(metrics, "referable_specificity"), out_dir)
@@ -122,12 +143,12 @@ def _roc_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return fpr, tpr
 
 
-def _write_figures(out_dir: Path, y_true: np.ndarray, probs: np.ndarray, score: np.ndarray,
-                   metrics: dict[str, Any], names: list[str], referable_grade: int) -> None:
+def _write_figures(out_dir: Path, y_true: np.ndarray, probs: np.ndarray, y_pred: np.ndarray,
+                   score: np.ndarray, metrics: dict[str, Any], names: list[str], referable_grade: int) -> None:
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     num_classes = probs.shape[1]
-    counts = confusion_matrix(y_true, probs.argmax(axis=1), num_classes)
+    counts = confusion_matrix(y_true, y_pred, num_classes)
     figures.plot_confusion(counts, names, out_dir / "confusion_matrix.png",
                            f"{len(y_true)} photos, QWK {_fmt(metrics['qwk'])}, "
                            f"accuracy {_fmt(metrics['accuracy'])}")

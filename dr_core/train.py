@@ -24,6 +24,7 @@ from dr_core.data_loading import make_loaders
 from dr_core.device import autocast_dtype, describe_device, pick_device, seed_everything
 from dr_core.distributed import DistInfo, all_ranks_sum, gather_in_order, init_distributed, shutdown
 from dr_core.engine import EpochResult, StepContext, TwoStageForward, run_epoch
+from dr_core.heads import head_for_loss, num_outputs
 from dr_core.losses import build_loss, class_weights
 from dr_core.metrics import accuracy, f1_macro, grade_names, quadratic_weighted_kappa
 from dr_core.models import build_model, normalisation
@@ -54,7 +55,8 @@ def run_digest(params: Params, cache_dir: Path) -> str:
 
 def _checkpoint_meta(params: Params, model_mean, model_std, epoch: int, stage: int) -> dict[str, Any]:
     k = params.model.num_classes
-    return {"model_name": params.model.name, "num_classes": k, "image_size": params.train.image_size,
+    return {"model_name": params.model.name, "num_classes": k, "head": head_for_loss(params.train.loss),
+            "image_size": params.train.image_size,
             "mean": list(model_mean), "std": list(model_std), "preprocess": asdict(params.preprocess),
             "class_names": grade_names(k), "epoch": epoch, "stage": stage, "params": params.to_dict()}
 
@@ -95,13 +97,15 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
         log.info("device: %s; %d process(es)", describe_device(device), dist.world_size)
     seed_everything(params.seed, deterministic=t.deterministic)
 
-    model = build_model(params.model)
+    head = head_for_loss(t.loss)
+    model = build_model(params.model, num_outputs(head, params.model.num_classes))
     mean, std = normalisation(model)
     loaders = make_loaders(cache_dir, params, mean, std, device, dist)
     weights = class_weights(loaders.train_grades, params.model.num_classes)
     if dist.is_main:
         _log_distribution(loaders.train_grades, weights, params.model.num_classes)
-    loss_fn = build_loss(t.loss, weights, t.focal_gamma, t.focal_alpha, t.label_smoothing).to(device)
+    loss_fn = build_loss(t.loss, weights, t.focal_gamma, t.focal_alpha, t.label_smoothing,
+                         t.regression_loss).to(device)
     if dist.enabled and t.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -185,7 +189,8 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
                 break
         state = None  # resume state applies to the interrupted stage only
     summary = {"best_epoch": best["epoch"], "best_value": best["value"], "monitor": t.monitor,
-               "epochs_run": len(history)}
+               "epochs_run": len(history),
+               "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in history), 1)}
     shutdown(dist)
     if not dist.is_main:
         return summary
@@ -223,7 +228,8 @@ def _stage_context(model: nn.Module, params: Params, stage: int, lr: float, n_ep
                                       device_ids=[device.index] if device.type == "cuda" else None)
     ctx = StepContext(device=device, autocast_dtype=dtype, scaler=scaler, scheduler=scheduler,
                       grad_accum=t.grad_accum, grad_clip=t.grad_clip, channels_last=t.channels_last,
-                      frozen_backbone=frozen, ema=ema, lr_hint=f"train.lr_stage{stage}", ddp_module=ddp)
+                      frozen_backbone=frozen, ema=ema, lr_hint=f"train.lr_stage{stage}", ddp_module=ddp,
+                      head=head_for_loss(t.loss), num_classes=params.model.num_classes)
     return ctx, optimizer
 
 
@@ -248,6 +254,7 @@ def _epoch_row(epoch: int, stage: int, tr: EpochResult, va: EpochResult, optimiz
         row[f"{split}/qwk"] = quadratic_weighted_kappa(res.y_true, res.y_pred, num_classes)
         row[f"{split}/f1_macro"] = f1_macro(res.y_true, res.y_pred, num_classes)
     row["train/images_per_s"] = len(tr.y_true) / max(tr.seconds, 1e-9)  # all processes together
+    row["epoch_seconds"] = tr.seconds + va.seconds
     return row
 
 

@@ -39,7 +39,7 @@ def test_every_guide_flag_has_a_param():
 @pytest.mark.parametrize("raw, match", [
     ({"train": {"los": "focal"}}, r"unknown key 'train.los'.*Did you mean 'loss'"),
     ({"trian": {}}, r"unknown key 'trian'.*Did you mean 'train'"),
-    ({"train": {"loss": "focall"}}, r"train.loss: got 'focall'.*\['ce', 'weighted_ce', 'focal'\].*'focal'"),
+    ({"train": {"loss": "focall"}}, r"train.loss: got 'focall'.*\['ce', 'weighted_ce', 'focal', 'regression', 'ordinal'\].*'focal'"),
     ({"train": {"lr_stage1": -0.1}}, r"train.lr_stage1: got -0.1"),
     ({"train": {"batch_size": 2.5}}, r"train.batch_size: got 2.5, expected an integer"),
     ({"train": {"two_stage": "yes"}}, r"train.two_stage: got 'yes', expected true or false"),

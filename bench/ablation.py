@@ -1,0 +1,194 @@
+"""Ablation on real photographs: one factor at a time around a preset, over several seeds.
+
+Each (variant, seed) is a queued DVC experiment named ``abl-<variant>-s<seed>``; ``seed`` changes
+the patient-level split as well as initialisation and augmentation, so the spread over seeds is
+the spread over held-out patient sets. The table is rendered from ``dvc exp show --json``.
+
+    python bench/ablation.py all -j 2                  # queue, run, print the markdown table
+    python bench/ablation.py queue --seeds 1 2 3       # or step by step
+    python bench/ablation.py run -j 2
+    python bench/ablation.py table --out docs/ablation.md
+    python bench/ablation.py table --exp-json saved_exp_show.json   # from a saved `dvc exp show --json`
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dr_core.presets import merged, read_preset, to_set_args  # noqa: E402
+
+# name -> (overrides on top of the preset, what it tests)
+VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
+    "preset": ({}, "the preset as it is"),
+    "ce": ({"train.loss": "ce"}, "cross-entropy head instead of regression"),
+    "weighted_ce": ({"train.loss": "weighted_ce"}, "class-weighted cross-entropy"),
+    "focal": ({"train.loss": "focal"}, "focal loss, gamma 2"),
+    "ordinal": ({"train.loss": "ordinal"}, "ordinal head (K-1 cumulative logits)"),
+    "one_stage": ({"train.two_stage": False}, "one stage: all layers from the first epoch"),
+    "no_clahe": ({"preprocess.clahe": False}, "preprocessing: border crop only, no CLAHE"),
+    "ben": ({"preprocess.clahe": False, "preprocess.ben_graham": True, "preprocess.circular_mask": True},
+            "preprocessing: Ben Graham + circular crop instead of CLAHE"),
+    "224px": ({"train.image_size": 224}, "224 px input instead of 384"),
+    "320px_9ep": ({"train.image_size": 320, "train.epochs_stage2": 9}, "320 px, 9 stage-2 epochs (same CPU time)"),
+    "448px_4ep": ({"train.image_size": 448, "preprocess.cache_size": 448, "train.epochs_stage2": 4},
+                  "448 px, 4 stage-2 epochs (same CPU time)"),
+    "ema": ({"train.ema": True, "train.ema_decay": 0.98}, "EMA of the weights (decay 0.98)"),
+    "balanced": ({"train.balanced_sampler": True}, "class-balanced sampling"),
+    "tta": ({"evaluate.tta": True}, "8-view test-time augmentation"),
+}
+NAME = re.compile(r"^abl-(?P<variant>.+)-s(?P<seed>\d+)$")
+METRICS = "results/metrics.json"
+TRAIN_METRICS = "dvclive/train/metrics.json"
+
+
+def sh(cmd: list[str], capture: bool = False) -> str:
+    """Run a command, echoing it; raise with its output on failure."""
+    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+    res = subprocess.run(cmd, text=True, capture_output=capture)
+    if res.returncode != 0:
+        raise SystemExit(f"command failed ({res.returncode}): {' '.join(cmd)}\n{res.stdout or ''}{res.stderr or ''}")
+    return res.stdout or ""
+
+
+def queue(preset: Path, seeds: list[int], variants: list[str], target: str, extra: list[str]) -> None:
+    """Queue every (variant, seed), seeds outermost, so that a deadline leaves whole seeds."""
+    import yaml
+
+    base = {**read_preset(preset), **{k: yaml.safe_load(v) for k, v in (e.split("=", 1) for e in extra)}}
+    for name in variants:
+        merged("params.yaml", {**base, **VARIANTS[name][0]})  # fails here, naming the key, before queueing
+    for seed in seeds:
+        for name in variants:
+            overrides = {**base, **VARIANTS[name][0], "seed": seed}
+            sh(["dvc", "exp", "run", "--queue", "-n", f"abl-{name}-s{seed}", target,
+                *to_set_args(overrides, absolute=True)])
+
+
+def run(jobs: int, deadline_s: float | None) -> None:
+    """Start ``jobs`` workers and wait for the queue to drain (or the deadline, then kill).
+
+    Workers exit on their own when the queue is empty. If queued experiments are left with nothing
+    running (a worker that got a stale shutdown message, say), workers are started again.
+    """
+    sh(["dvc", "queue", "start", "-j", str(jobs)])
+    start = time.time()
+    status, idle_polls = "", 0
+    while True:
+        time.sleep(10)
+        status = sh(["dvc", "queue", "status"], capture=True)
+        lines = status.splitlines()
+        queued = [line.split()[0] for line in lines if " Queued" in line]
+        running = [line.split()[0] for line in lines if " Running" in line]
+        if not queued and not running:
+            break
+        if deadline_s is not None and time.time() - start > deadline_s:
+            print(f"deadline of {deadline_s:.0f} s reached: {len(running)} running, {len(queued)} queued; "
+                  "stopping", file=sys.stderr)
+            if queued:
+                subprocess.run(["dvc", "queue", "remove", *queued])
+            if running:
+                subprocess.run(["dvc", "queue", "kill", *running])
+            break
+        idle_polls = idle_polls + 1 if queued and not running else 0
+        if idle_polls >= 2:
+            sh(["dvc", "queue", "start", "-j", str(jobs)])
+            idle_polls = 0
+    print(status, file=sys.stderr)
+
+
+def collect(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
+    """``{variant: [{metric: value} per seed]}`` from parsed ``dvc exp show --json``."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for row in rows:
+        for exp in row.get("experiments") or []:
+            for rev in exp.get("revs", []):
+                match = NAME.match(rev.get("name") or exp.get("name") or "")
+                if rev.get("error") or (exp.get("executor") or {}).get("state") == "failed":
+                    continue  # a failed run shows its parent's metrics; `dvc queue logs <name>` says why
+                data = rev.get("data") or {}
+                test = data.get("metrics", {}).get(METRICS, {}).get("data", {}).get("test")
+                if not match or not test:
+                    continue
+                train = data.get("metrics", {}).get(TRAIN_METRICS, {}).get("data", {})
+                out.setdefault(match["variant"], []).append({
+                    "seed": int(match["seed"]), "qwk": test.get("qwk"), "qwk_argmax": test.get("qwk_argmax"),
+                    "auc": test.get("referable_auc"), "sens": test.get("referable_sensitivity"),
+                    "spec": test.get("referable_specificity"), "seconds": train.get("train_seconds")})
+    return out
+
+
+def _stats(values: list[float | None]) -> str:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "n/a"
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return f"{mean:.3f}"
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+    return f"{mean:.3f} ± {sd:.3f}"
+
+
+def table(results: dict[str, list[dict[str, float]]]) -> str:
+    lines = ["| variant | change from the preset | runs | QWK (cut-points) | QWK (argmax) | referable AUC "
+             "| sensitivity | specificity | train time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, (_, what) in VARIANTS.items():
+        runs = sorted(results.get(name, []), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        secs = [r["seconds"] for r in runs if r["seconds"] is not None]
+        seconds = f"{sum(secs) / len(secs):.0f}" if secs else "n/a"
+        lines.append(f"| {name} | {what} | {len(runs)} | {_stats([r['qwk'] for r in runs])} | "
+                     f"{_stats([r['qwk_argmax'] for r in runs])} | {_stats([r['auc'] for r in runs])} | "
+                     f"{_stats([r['sens'] for r in runs])} | {_stats([r['spec'] for r in runs])} | {seconds} |")
+    return "\n".join(lines) + "\n\nmean ± standard deviation over seeds (each seed is its own patient-level split)\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("queue", "all"):
+        p = sub.add_parser(name)
+        p.add_argument("--preset", type=Path, default=Path("presets/real-cpu.yaml"))
+        p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+        p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+        p.add_argument("--target", default="evaluate", help="pipeline stage to run up to")
+        p.add_argument("--set", dest="extra", action="append", default=["evaluate.bootstrap=0"],
+                       metavar="KEY=VALUE", help="override for every run (default: evaluate.bootstrap=0, "
+                       "as the table reports the spread over seeds instead)")
+    for name in ("run", "all"):
+        p = sub.choices[name] if name in sub.choices else sub.add_parser(name)
+        p.add_argument("-j", "--jobs", type=int, default=1)
+        p.add_argument("--deadline-s", type=float, help="stop waiting (and kill what runs) after this long")
+    for name in ("table", "all"):
+        p = sub.choices[name] if name in sub.choices else sub.add_parser(name)
+        p.add_argument("--exp-json", type=Path, help="a saved `dvc exp show --json` instead of asking DVC")
+        p.add_argument("--out", type=Path, help="also write the table here")
+        p.add_argument("--save-json", type=Path, help="also save `dvc exp show --json` here")
+    args = parser.parse_args(argv)
+    if args.cmd in ("queue", "all"):
+        queue(args.preset, args.seeds, args.variants, args.target, args.extra)
+    if args.cmd in ("run", "all"):
+        run(args.jobs, args.deadline_s)
+    if args.cmd in ("table", "all"):
+        text = args.exp_json.read_text() if args.exp_json else sh(["dvc", "exp", "show", "--json"], capture=True)
+        if args.save_json:
+            args.save_json.write_text(text)
+        md = table(collect(json.loads(text)))
+        print(md)
+        if args.out:
+            args.out.write_text(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
