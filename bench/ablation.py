@@ -106,8 +106,9 @@ def run(jobs: int, deadline_s: float | None) -> None:
 
 
 def collect(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
-    """``{variant: [{metric: value} per seed]}`` from parsed ``dvc exp show --json``."""
-    out: dict[str, list[dict[str, float]]] = {}
+    """``{variant: [{metric: value} per seed]}`` from parsed ``dvc exp show --json`` (one run per
+    variant and seed: the newest, if an experiment name was run again)."""
+    runs: dict[tuple[str, int], tuple[str, dict[str, float]]] = {}
     for row in rows:
         for exp in row.get("experiments") or []:
             for rev in exp.get("revs", []):
@@ -119,10 +120,17 @@ def collect(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
                 if not match or not test:
                     continue
                 train = data.get("metrics", {}).get(TRAIN_METRICS, {}).get("data", {})
-                out.setdefault(match["variant"], []).append({
-                    "seed": int(match["seed"]), "qwk": test.get("qwk"), "qwk_argmax": test.get("qwk_argmax"),
+                key = (match["variant"], int(match["seed"]))
+                stamp = data.get("timestamp") or ""
+                if key in runs and runs[key][0] >= stamp:
+                    continue
+                runs[key] = (stamp, {
+                    "seed": key[1], "qwk": test.get("qwk"), "qwk_argmax": test.get("qwk_argmax"),
                     "auc": test.get("referable_auc"), "sens": test.get("referable_sensitivity"),
                     "spec": test.get("referable_specificity"), "seconds": train.get("train_seconds")})
+    out: dict[str, list[dict[str, float]]] = {}
+    for (variant, _), (_, run) in sorted(runs.items()):
+        out.setdefault(variant, []).append(run)
     return out
 
 
@@ -180,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in ("run", "all"):
         run(args.jobs, args.deadline_s)
     if args.cmd in ("table", "all"):
-        text = args.exp_json.read_text() if args.exp_json else sh(["dvc", "exp", "show", "--json"], capture=True)
+        text = (args.exp_json.read_text() if args.exp_json else
+                sh(["dvc", "exp", "show", "--all-commits", "--json"], capture=True))
         if args.save_json:
             args.save_json.write_text(text)
         md = table(collect(json.loads(text)))

@@ -203,9 +203,12 @@ class EvaluateConfig:
     tta: bool = False
     batch_size: int = 64
     grade_rule: str = "argmax"  # argmax | qwk: cut-points on the expected grade tuned on val for QWK
+    fellow_eye_weight: float = 0.0  # blend each photo's probabilities with the patient's other eye
 
     def validate(self) -> None:
         _choice("evaluate.grade_rule", self.grade_rule, ("argmax", "qwk"))
+        _check(0.0 <= self.fellow_eye_weight < 1.0, "evaluate.fellow_eye_weight", self.fellow_eye_weight,
+               "a fraction in [0, 1)")
         _choice("evaluate.operating_point", self.operating_point, ("sensitivity", "youden"))
         _check(0 < self.target_sensitivity <= 1, "evaluate.target_sensitivity",
                self.target_sensitivity, "a fraction in (0, 1]")

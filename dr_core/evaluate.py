@@ -26,6 +26,7 @@ import torch
 
 from dr_core.config import DataConfig, EvaluateConfig, PreprocessConfig, load_params
 from dr_core.dataset import load_cache
+from dr_core.eyes import blend_fellow_eyes
 from dr_core.inference import predict_probs
 from dr_core.checkpoint import load_checkpoint
 from dr_core.report import choose_cutpoints, choose_threshold, write_evaluation
@@ -42,7 +43,8 @@ def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: Evalu
     for split in ("val", "test"):
         images, rows[split] = load_cache(cache_dir, split)
         log.info("predicting %d %s images%s", len(images), split, " with TTA" if cfg.tta else "")
-        probs[split] = predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta)
+        probs[split] = blend_fellow_eyes(predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta),
+                                         rows[split]["patient"].tolist(), cfg.fellow_eye_weight)
     point = choose_threshold(rows["val"]["grade"].to_numpy(), probs["val"], cfg)
     point["grade_cutpoints"] = choose_cutpoints(rows["val"]["grade"].to_numpy(), probs["val"], cfg)
     point["model"] = str(model_path)
@@ -86,7 +88,8 @@ def evaluate_folder(labels_csv: Path, img_dir: Path, model_path: Path, out_dir: 
     out_dir.mkdir(parents=True, exist_ok=True)
     bad[["id", "file", "reason"]].to_csv(out_dir / "bad_images.csv", index=False)
     images = load_raw_images(rows["file"].tolist(), img_dir, PreprocessConfig(**meta["preprocess"]))
-    probs = predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta)
+    probs = blend_fellow_eyes(predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta),
+                              rows["patient"].tolist(), cfg.fellow_eye_weight)
     return write_evaluation(out_dir, rows["id"].tolist(), rows["patient"].tolist(), rows["grade"].to_numpy(),
                             probs, threshold, cfg, meta["class_names"], "external", seed, cutpoints=cutpoints)
 

@@ -119,3 +119,23 @@ def test_queued_experiments_run_in_parallel_and_reuse_the_cache(project):
             if "test" in metrics:
                 losses.add(params["train"]["loss"])
     assert {"ce", "weighted_ce"} <= losses
+
+
+def test_ablation_script_queues_runs_and_tabulates(tmp_path):
+    """bench/ablation.py end to end on a tiny preset: 2 variants x 1 seed as queued experiments."""
+    dest = make_project_copy(tmp_path, {})
+    preset = {k: v for k, v in TINY.items()}
+    preset["train"] = {**TINY["train"], "loss": "regression"}
+    preset["evaluate"] = {"grade_rule": "qwk"}
+    (dest / "presets" / "tiny.yaml").write_text(yaml.safe_dump(preset))
+    _run(["git", "add", "-A"], dest)
+    _run(["git", "commit", "-qm", "tiny preset"], dest)
+    out = _run([sys.executable, "bench/ablation.py", "all", "--preset", "presets/tiny.yaml", "--seeds", "7",
+                "--variants", "preset", "ordinal", "-j", "2", "--deadline-s", "600", "--out", "table.md"], dest)
+    table = (dest / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| preset ") or line.startswith("| ordinal ")]
+    assert len(rows) == 2, out[-3000:]
+    assert all("| 1 |" in row for row in rows)  # one seed each, with metrics
+    shown = json.loads(_run(["dvc", "exp", "show", "--all-commits", "--json"], dest, stdout_only=True))
+    names = {rev.get("name") for row in shown for e in (row.get("experiments") or []) for rev in e["revs"]}
+    assert {"abl-preset-s7", "abl-ordinal-s7"} <= names

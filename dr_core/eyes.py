@@ -1,0 +1,33 @@
+"""Both eyes of a patient: blend each photo's grade distribution with its fellow eye's.
+
+Diabetic retinopathy is a systemic disease, so the two eyes of a patient are usually graded alike;
+the best EyePACS Kaggle solutions used the other eye's prediction as evidence. With weight ``w``
+each photo's probabilities become ``(1 - w) * p_self + w * mean(p_other photos of the patient)``;
+a photo whose patient has no other photo keeps its own. Rows still sum to 1, so every metric and
+the referable score apply unchanged. Applied to validation and test alike, before the grade
+cut-points and the referable threshold are chosen on validation.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def blend_fellow_eyes(probs: np.ndarray, patients: Sequence, weight: float) -> np.ndarray:
+    """``probs`` (N, K) blended with the mean of the same patient's other photos."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"fellow-eye weight must be in [0, 1), got {weight!r}")
+    if len(patients) != len(probs):
+        raise ValueError(f"{len(patients)} patient ids for {len(probs)} rows of probabilities")
+    if weight == 0.0 or len(probs) == 0:
+        return probs
+    keys = np.asarray([str(p) for p in patients])
+    _, group = np.unique(keys, return_inverse=True)
+    sums = np.zeros((group.max() + 1, probs.shape[1]))
+    np.add.at(sums, group, probs)
+    counts = np.bincount(group)[group][:, None].astype(np.float64)
+    others = counts - 1
+    fellow = np.divide(sums[group] - probs, others, out=probs.copy(), where=others > 0)
+    return (1 - weight) * probs + weight * fellow
