@@ -59,6 +59,13 @@ def sh(cmd: list[str], capture: bool = False) -> str:
     return res.stdout or ""
 
 
+def start_workers(jobs: int) -> None:
+    """``dvc queue start``; its workers outlive this call, so they get no pipe of ours to hold open."""
+    print(f"+ dvc queue start -j {jobs}", file=sys.stderr, flush=True)
+    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], check=True, stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def queue(preset: Path, seeds: list[int], variants: list[str], target: str, extra: list[str]) -> None:
     """Queue every (variant, seed), seeds outermost, so that a deadline leaves whole seeds."""
     import yaml
@@ -79,7 +86,7 @@ def run(jobs: int, deadline_s: float | None) -> None:
     Workers exit on their own when the queue is empty. If queued experiments are left with nothing
     running (a worker that got a stale shutdown message, say), workers are started again.
     """
-    sh(["dvc", "queue", "start", "-j", str(jobs)])
+    start_workers(jobs)
     start = time.time()
     status, idle_polls = "", 0
     while True:
@@ -100,8 +107,12 @@ def run(jobs: int, deadline_s: float | None) -> None:
             break
         idle_polls = idle_polls + 1 if queued and not running else 0
         if idle_polls >= 2:
-            sh(["dvc", "queue", "start", "-j", str(jobs)])
+            start_workers(jobs)
             idle_polls = 0
+    workers = re.search(r"Worker status: (\d+) active, (\d+) idle", status)
+    if workers and int(workers[2]) > 0:  # only live workers: a stop with none left lingers for the next start
+        subprocess.run(["dvc", "queue", "stop"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
     print(status, file=sys.stderr)
 
 
@@ -113,8 +124,9 @@ def collect(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
         for exp in row.get("experiments") or []:
             for rev in exp.get("revs", []):
                 match = NAME.match(rev.get("name") or exp.get("name") or "")
-                if rev.get("error") or (exp.get("executor") or {}).get("state") == "failed":
-                    continue  # a failed run shows its parent's metrics; `dvc queue logs <name>` says why
+                state = (exp.get("executor") or {}).get("state")
+                if rev.get("error") or state not in (None, "success"):
+                    continue  # failed, queued or running: shows its parent's metrics (`dvc queue logs <name>`)
                 data = rev.get("data") or {}
                 test = data.get("metrics", {}).get(METRICS, {}).get("data", {}).get("test")
                 if not match or not test:

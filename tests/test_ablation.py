@@ -29,7 +29,8 @@ def test_table_averages_seeds_skips_failures_and_keeps_the_newest_rerun():
                 _rev("abl-focal-s2", 0.7, "2026-01-01T00:00:00"),
                 _rev("abl-focal-s2", 0.9, "2026-01-02T00:00:00"),  # rerun: newest wins
                 _rev("abl-ce-s1", 0.1, "2026-01-01T00:00:00", error=True),
-                _rev("unrelated", 0.3, "2026-01-01T00:00:00"))]}]
+                _rev("unrelated", 0.3, "2026-01-01T00:00:00"))]
+             + [{"executor": {"state": "running"}, "revs": [_rev("abl-ordinal-s1", 0.9, "2026-01-03")]}]}]
     results = ablation.collect(json.loads(json.dumps(rows)))
     assert set(results) == {"focal"}
     assert sorted(r["qwk"] for r in results["focal"]) == [0.5, 0.9]
