@@ -14,8 +14,6 @@ import numpy as np
 
 from dr_core.metrics import quadratic_weighted_kappa
 
-RULES = ("argmax", "qwk")
-
 
 def expected_grade(probs: np.ndarray) -> np.ndarray:
     """``sum_k k * P(k)`` per row of ``probs`` ``(N, K)``."""
