@@ -17,6 +17,7 @@ import yaml
 LOSSES = ("ce", "weighted_ce", "focal", "regression", "ordinal")
 AUGMENTS = ("none", "basic", "advanced")
 AMP_MODES = ("auto", "fp16", "bf16")
+FREEZE_STRIDES = (0, 2, 4, 8, 16)
 BAD_IMAGE_POLICIES = ("error", "skip")
 PATIENT_SOURCES = ("auto", "eyepacs", "none")  # or the name of a CSV column
 DEVICES = ("auto", "cpu", "cuda")
@@ -133,6 +134,7 @@ class TrainConfig:
     lr_stage1: float = 1e-3
     lr_stage2: float = 3e-4
     backbone_lr_mult: float = 1.0
+    freeze_stride: int = 0  # stage 2 keeps layers at output stride <= this frozen (0: train all)
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
     min_lr_ratio: float = 0.01
@@ -186,6 +188,8 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "0 (off) or a number > 0")
         _check(self.num_workers >= 0, "train.num_workers", self.num_workers, "an integer >= 0")
         _check(self.image_size >= 16, "train.image_size", self.image_size, "an integer >= 16")
+        _check(self.freeze_stride in FREEZE_STRIDES, "train.freeze_stride", self.freeze_stride,
+               f"one of {', '.join(map(str, FREEZE_STRIDES))}")
         _check(self.backbone_lr_mult > 0, "train.backbone_lr_mult", self.backbone_lr_mult, "a number > 0")
         _check(self.warmup_epochs >= 0, "train.warmup_epochs", self.warmup_epochs, "a number >= 0")
         _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "a fraction in [0, 1]")

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dr_core.heads import to_probs
+from dr_core.models import frozen_modules_to_eval
 
 
 SYNC_EVERY = 16  # batches between host reads of the running loss (NaN check, progress bar)
@@ -107,6 +108,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
         set_frozen_backbone_mode(model)
     elif train:
         model.train()
+        frozen_modules_to_eval(model)  # train.freeze_stride: early layers keep their statistics
     if train:
         optimizer.zero_grad(set_to_none=True)
     else:

@@ -45,9 +45,15 @@ def predict_probs(model: nn.Module, images: np.ndarray | Dataset, meta: dict[str
         images = ArrayDataset(images, None, transform)
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     model = model.to(device).eval()
+    channels_last = bool(meta.get("params", {}).get("train", {}).get("channels_last", False))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     out = []
     for x, _ in loader:
-        out.append(predict_batch(model, x.to(device), meta.get("head", "classification"),
+        x = x.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(predict_batch(model, x, meta.get("head", "classification"),
                                  meta["num_classes"], tta).cpu())
     if not out:
         return np.zeros((0, meta["num_classes"]), dtype=np.float32)

@@ -152,3 +152,55 @@ def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Parameters of the classifier head (what stage 1 trains)."""
     return list(model.get_classifier().parameters())
+
+
+def early_parameter_names(model: nn.Module, max_stride: int) -> list[str]:
+    """Names of the parameters used before the model's features reach output stride ``max_stride``
+    (the stem and early blocks, in timm's ``feature_info``); never the classifier.
+
+    Raises:
+        ValueError: the model has no ``feature_info`` or no feature at that stride.
+    """
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ValueError(f"{type(model).__name__} has no timm feature_info; set train.freeze_stride=0")
+    ends = [f["module"] for f in info if f["reduction"] <= max_stride]
+    if not ends:
+        strides = sorted({f["reduction"] for f in info})
+        raise ValueError(f"train.freeze_stride={max_stride}: {type(model).__name__} has no features at that "
+                         f"stride (its strides: {strides}); set 0 or one of these")
+    last = ends[-1]
+    head = {id(p) for p in model.get_classifier().parameters()}
+    names: list[str] = []
+    seen_last = False
+    for name, module in model.named_modules():  # registration order = forward order for timm models
+        inside = name == last or name.startswith(last + ".")
+        if seen_last and not inside:
+            break
+        seen_last = seen_last or inside
+        prefix = f"{name}." if name else ""
+        names += [prefix + n for n, p in module.named_parameters(recurse=False) if id(p) not in head]
+    return names
+
+
+def freeze_early_layers(model: nn.Module, max_stride: int) -> int:
+    """Stop gradients through the layers before output stride ``max_stride``; returns how many
+    parameter tensors were frozen. 0 changes nothing."""
+    if max_stride == 0:
+        return 0
+    names = set(early_parameter_names(model, max_stride))
+    for name, p in model.named_parameters():
+        if name in names:
+            p.requires_grad_(False)
+    return len(names)
+
+
+def frozen_modules_to_eval(model: nn.Module) -> None:
+    """Put every submodule whose parameters are all frozen in eval mode: frozen layers keep their
+    BatchNorm statistics and skip drop-path, as a frozen backbone does in stage 1."""
+    for module in model.children():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+        elif params:
+            frozen_modules_to_eval(module)

@@ -27,7 +27,7 @@ from dr_core.engine import EpochResult, StepContext, TwoStageForward, run_epoch
 from dr_core.heads import head_for_loss, num_outputs
 from dr_core.losses import build_loss, class_weights
 from dr_core.metrics import accuracy, f1_macro, grade_names, quadratic_weighted_kappa
-from dr_core.models import build_model, normalisation
+from dr_core.models import build_model, early_parameter_names, freeze_early_layers, normalisation
 from dr_core.optim import build_optimizer, param_groups
 from dr_core.tracking import EpochLogger
 
@@ -100,6 +100,8 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
     head = head_for_loss(t.loss)
     model = build_model(params.model, num_outputs(head, params.model.num_classes))
     mean, std = normalisation(model)
+    if t.freeze_stride:
+        early_parameter_names(model, t.freeze_stride)  # fail now, not after stage 1, on a model without it
     loaders = make_loaders(cache_dir, params, mean, std, device, dist)
     weights = class_weights(loaders.train_grades, params.model.num_classes)
     if dist.is_main:
@@ -210,6 +212,10 @@ def _stage_context(model: nn.Module, params: Params, stage: int, lr: float, n_ep
         p.requires_grad_(not frozen)
     for p in model.get_classifier().parameters():
         p.requires_grad_(True)
+    if not frozen and t.freeze_stride:
+        n = freeze_early_layers(model, t.freeze_stride)
+        log.info("stage %d: %d parameter tensors before output stride %d stay frozen (train.freeze_stride)",
+                 stage, n, t.freeze_stride)
     groups = param_groups(model, lr, t.weight_decay, head_only=frozen,
                           backbone_lr_mult=1.0 if frozen else t.backbone_lr_mult)
     steps_per_epoch = -(-n_batches // t.grad_accum)
