@@ -128,6 +128,8 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
         "class_weights": [round(float(w), 4) for w in weights]}) if dist.is_main else None
 
     epoch = 0
+    # "last": no selection on val (the final weights are best_model); val/qwk is still reported
+    metric = "val/qwk" if t.monitor == "last" else t.monitor
     for stage, n_epochs, lr in stage_plan(params):
         first = epoch + 1
         epoch += n_epochs
@@ -158,8 +160,8 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
             history.append(row)
             if dist.is_main:
                 tracker.log_epoch(row)
-            value = row[t.monitor]
-            improved = _improves(value, best["value"], t.monitor)
+            value = row[metric]
+            improved = t.monitor == "last" or _improves(value, best["value"], metric)
             meta = _checkpoint_meta(params, mean, std, e, stage)
             save = save_checkpoint if dist.is_main else (lambda *a, **k: None)  # rank 0 writes
             if improved:
@@ -168,7 +170,7 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
                 bad_epochs = 0
             else:
                 bad_epochs += 1
-            if stage == 1 and _improves(value, best["stage1_value"], t.monitor):
+            if stage == 1 and (t.monitor == "last" or _improves(value, best["stage1_value"], metric)):
                 best["stage1_value"] = value
                 save(save_dir / "best_stage1.pth", eval_model, meta)
             if t.save_freq and e % t.save_freq == 0:
@@ -187,10 +189,10 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
                 "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
                 "ema": ctx.ema.state_dict() if ctx.ema is not None else None})
             if stop:
-                log.info("early stopping in stage %d: %s did not improve for %d epochs", stage, t.monitor, bad_epochs)
+                log.info("early stopping in stage %d: %s did not improve for %d epochs", stage, metric, bad_epochs)
                 break
         state = None  # resume state applies to the interrupted stage only
-    summary = {"best_epoch": best["epoch"], "best_value": best["value"], "monitor": t.monitor,
+    summary = {"best_epoch": best["epoch"], "best_value": best["value"], "monitor": metric,
                "epochs_run": len(history),
                "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in history), 1)}
     shutdown(dist)
@@ -198,7 +200,7 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
         return summary
     tracker.finish(summary)
     _write_json(save_dir / "training_history.json", {"history": history, "summary": summary})
-    log.info("training done: best %s = %.4f at epoch %d; models in %s", t.monitor,
+    log.info("training done: best %s = %.4f at epoch %d; models in %s", metric,
              best["value"] if best["value"] is not None else float("nan"), best["epoch"], save_dir)
     return summary
 

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from dr_core.config import ModelConfig
-from dr_core.models import WeightsError, build_model, builtin_lite0_state_dict, normalisation
+from dr_core.models import (WeightsError, build_model, builtin_lite0_state_dict, early_parameter_names,
+                            freeze_early_layers, frozen_modules_to_eval, normalisation)
 
 EGYPTIAN_CAT, TABBY, TIGER_CAT = 285, 281, 282
 
@@ -86,3 +87,29 @@ def test_new_head_starts_uncommitted():
     with torch.no_grad():
         probs = model(torch.randn(4, 3, 96, 96) * 0.5).softmax(-1)
     assert float(probs.max()) < 0.5
+
+
+@pytest.mark.parametrize("name, stride, first, last", [
+    ("tf_efficientnet_lite0", 8, "conv_stem.weight", "blocks.2.1.bn3.bias"),
+    ("resnet18", 4, "conv1.weight", "layer1.1.bn2.bias"),
+])
+def test_early_parameters_end_at_the_requested_stride(name, stride, first, last):
+    model = timm.create_model(name, num_classes=5)
+    names = early_parameter_names(model, stride)
+    assert names[0] == first and names[-1] == last
+    assert not any(n.startswith(("fc.", "classifier.")) for n in names)
+
+
+def test_freeze_stride_without_features_at_that_stride_names_the_choices():
+    model = timm.create_model("convnext_atto", num_classes=5)  # strides 4..32, none at 2
+    with pytest.raises(ValueError, match=r"freeze_stride=2.*\[4, 8, 16, 32\]"):
+        early_parameter_names(model, 2)
+
+
+def test_frozen_layers_stay_in_eval_mode():
+    model = timm.create_model("resnet18", num_classes=5)
+    assert freeze_early_layers(model, 4) > 0
+    model.train()
+    frozen_modules_to_eval(model)
+    assert not model.layer1.training and not model.bn1.training
+    assert model.layer2.training and model.fc.training

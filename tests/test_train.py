@@ -55,6 +55,28 @@ def test_stage1_leaves_backbone_and_batchnorm_untouched(fake_cache, tmp_path):
     assert set(changed) == head, f"stage 1 changed {set(changed) - head}"
 
 
+def test_freeze_stride_keeps_early_layers_and_their_statistics(fake_cache, tmp_path):
+    params = tiny(epochs_stage1=0, freeze_stride=4)
+    from dr_core.models import build_model, early_parameter_names
+    torch.manual_seed(params.seed)
+    model = build_model(params.model)
+    before = model.state_dict()
+    early = set(early_parameter_names(model, 4))
+    fit(fake_cache, tmp_path / "m", tmp_path / "l", params)
+    after = read_checkpoint(tmp_path / "m" / "last.pth")["model"]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # resnet10t: stem convs + layer1 are before stride 4; their BatchNorm running stats stay too
+    early_modules = {k.rsplit(".", 1)[0] for k in early}
+    assert early and not {k for k in changed if k.rsplit(".", 1)[0] in early_modules}
+    assert any(k.startswith("layer4.") for k in changed) and "fc.weight" in changed
+
+
+def test_monitor_last_keeps_the_final_epoch(fake_cache, tmp_path):
+    summary = fit(fake_cache, tmp_path / "m", tmp_path / "l", tiny(monitor="last", patience=1))
+    assert summary["best_epoch"] == summary["epochs_run"] == 3  # no early stop, no selection
+    assert read_checkpoint(tmp_path / "m" / "best_model.pth")["meta"]["epoch"] == 3
+
+
 def test_same_seed_same_metrics(fake_cache, tmp_path):
     params = tiny(num_workers=2)
     a = fit(fake_cache, tmp_path / "a", tmp_path / "la", params)
