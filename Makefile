@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/freeze.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -147,7 +147,9 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
                 ctx.ema.load_state_dict(state["ema"])
             bad_epochs = state["bad_epochs"]
         log.info("stage %d: %s, epochs %d-%d, lr %.2e", stage,
-                 "backbone frozen, training the head" if stage == 1 and t.two_stage else "all layers trained",
+                 "backbone frozen, training the head" if stage == 1 and t.two_stage
+                 else f"layers after output stride {t.freeze_stride} trained" if t.freeze_stride
+                 else "all layers trained",
                  first, epoch, lr)
         for e in range(max(first, done + 1), epoch + 1):
             loaders.reseed(params.seed, e)
