@@ -4,7 +4,7 @@
 #   .whl/       Python 3.12 wheels the device lacks (dvc, dvclive, albumentations, timm 1.0.31, ...)
 #   .realdata/  a copy of ../shared/data/eyepacs-dev (delete it after the session)
 # On the device: install the wheels, record the environment, run bench/train.py on CUDA with fp16
-# autocast + channels_last, then the full ablation (14 variants x 3 seeds) with 8 queue workers on
+# autocast + channels_last, then the full ablation (16 variants x 3 seeds) with 8 queue workers on
 # the one GPU, and bring back `dvc exp show --json` and the rendered table through $OUT.
 T0=$(date +%s); el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || { echo "pip install failed"; exit 3; }
@@ -21,7 +21,7 @@ el "git ready: $(git log --oneline | head -1)"
 # 1. CUDA training bench: fp16 autocast + GradScaler, channels_last, 384 px
 timeout 75 python bench/train.py --device cuda --amp --channels-last --image-size 384 --cache-size 384 --batch-size 64 --batches 20 --warmup 4 --num-workers 6 > $OUT/bench_train_cuda.txt 2>&1
 el "bench rc=$?"; tail -12 $OUT/bench_train_cuda.txt
-# 2. the ablation: 14 variants x 3 seeds, 8 workers on one GPU
+# 2. the ablation: 16 variants x 3 seeds, 8 workers on one GPU
 python bench/ablation.py queue --seeds 1 2 3 > $OUT/queue.log 2>&1 || { echo "queue failed"; tail -20 $OUT/queue.log; }
 el "queued $(dvc queue status 2>/dev/null | grep -c Queued)"
 python bench/ablation.py run -j 8 --deadline-s ${DEADLINE:-300} > $OUT/run.log 2>&1
