@@ -170,7 +170,7 @@ def early_parameter_names(model: nn.Module, max_stride: int) -> list[str]:
         raise ValueError(f"train.freeze_stride={max_stride}: {type(model).__name__} has no features at that "
                          f"stride (its strides: {strides}); set 0 or one of these")
     last = ends[-1]
-    head = {id(p) for p in model.get_classifier().parameters()}
+    head = {id(p) for p in head_parameters(model)}
     names: list[str] = []
     seen_last = False
     for name, module in model.named_modules():  # registration order = forward order for timm models
