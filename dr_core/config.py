@@ -21,7 +21,7 @@ FREEZE_STRIDES = (0, 2, 4, 8, 16)
 BAD_IMAGE_POLICIES = ("error", "skip")
 PATIENT_SOURCES = ("auto", "eyepacs", "none")  # or the name of a CSV column
 DEVICES = ("auto", "cpu", "cuda")
-MONITORS = ("val/qwk", "val/acc", "val/loss", "val/f1_macro", "last")  # last: the final epoch, no selection
+MONITORS = ("val/qwk", "val/auc", "val/acc", "val/loss", "val/f1_macro", "last")  # last: the final epoch, no selection
 GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
 
 

@@ -26,7 +26,8 @@ from dr_core.distributed import DistInfo, all_ranks_sum, gather_in_order, init_d
 from dr_core.engine import EpochResult, StepContext, TwoStageForward, run_epoch
 from dr_core.heads import head_for_loss, num_outputs
 from dr_core.losses import build_loss, class_weights
-from dr_core.metrics import accuracy, f1_macro, grade_names, quadratic_weighted_kappa
+from dr_core.metrics import (accuracy, binary_auc, f1_macro, grade_names, quadratic_weighted_kappa, referable_labels,
+                             referable_score)
 from dr_core.models import build_model, early_parameter_names, freeze_early_layers, normalisation
 from dr_core.optim import build_optimizer, param_groups
 from dr_core.tracking import EpochLogger
@@ -158,7 +159,8 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
             eval_model = ctx.ema.module if ctx.ema is not None else model
             va = run_epoch(eval_model, loaders.val, loss_fn, ctx, None, f"stage {stage} epoch {e} [val]", e)
             tr, va = _gathered(dist, tr, None), _gathered(dist, va, loaders.val.sampler)
-            row = _epoch_row(e, stage, tr, va, optimizer, params.model.num_classes)
+            row = _epoch_row(e, stage, tr, va, optimizer, params.model.num_classes,
+                             params.evaluate.referable_grade)
             history.append(row)
             if dist.is_main:
                 tracker.log_epoch(row)
@@ -179,9 +181,9 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
                 save(save_dir / f"checkpoint_epoch_{e}.pth", eval_model, meta)
             total = sum(n for _, n, _ in stage_plan(params))
             if dist.is_main:
-                log.info("epoch %d/%d (stage %d): train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% qwk %.4f%s",
-                         e, total, stage, row["train/loss"], 100 * row["train/acc"], row["val/loss"],
-                         100 * row["val/acc"], row["val/qwk"], "  (best, saved)" if improved else "")
+                log.info("epoch %d/%d (stage %d): train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% qwk %.4f "
+                         "auc %.4f%s", e, total, stage, row["train/loss"], 100 * row["train/acc"], row["val/loss"],
+                         100 * row["val/acc"], row["val/qwk"], row["val/auc"], "  (best, saved)" if improved else "")
             stop = t.patience > 0 and bad_epochs >= t.patience
             finished = (stop and stage == stage_plan(params)[-1][0]) or e == total
             save(save_dir / "last.pth", model, meta, {
@@ -255,7 +257,7 @@ def _gathered(dist: DistInfo, res: EpochResult, sampler) -> EpochResult:
 
 
 def _epoch_row(epoch: int, stage: int, tr: EpochResult, va: EpochResult, optimizer: torch.optim.Optimizer,
-               num_classes: int) -> dict[str, float]:
+               num_classes: int, referable_grade: int = 2) -> dict[str, float]:
     row: dict[str, float] = {"epoch": epoch, "stage": stage,
                              "lr": max(g["lr"] for g in optimizer.param_groups)}
     for split, res in (("train", tr), ("val", va)):
@@ -263,6 +265,9 @@ def _epoch_row(epoch: int, stage: int, tr: EpochResult, va: EpochResult, optimiz
         row[f"{split}/acc"] = accuracy(res.y_true, res.y_pred)
         row[f"{split}/qwk"] = quadratic_weighted_kappa(res.y_true, res.y_pred, num_classes)
         row[f"{split}/f1_macro"] = f1_macro(res.y_true, res.y_pred, num_classes)
+        # referable DR (grade >= evaluate.referable_grade) AUC; NaN when a split has one class only
+        row[f"{split}/auc"] = binary_auc(referable_labels(res.y_true, referable_grade),
+                                         referable_score(res.probs, referable_grade))
     row["train/images_per_s"] = len(tr.y_true) / max(tr.seconds, 1e-9)  # all processes together
     row["epoch_seconds"] = tr.seconds + va.seconds
     return row

@@ -35,7 +35,7 @@ def test_fit_writes_the_guides_outputs_and_dvclive_metrics(fake_cache, tmp_path)
     history = json.loads((tmp_path / "models" / "training_history.json").read_text())
     assert [row["stage"] for row in history["history"]] == [1, 2, 2]
     metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
-    assert {"loss", "acc", "qwk", "f1_macro"} <= set(metrics["val"]) and "lr" in metrics
+    assert {"loss", "acc", "qwk", "auc", "f1_macro"} <= set(metrics["val"]) and "lr" in metrics
     assert metrics["best"]["epoch"] == summary["best_epoch"]
     assert (tmp_path / "live" / "plots" / "metrics" / "val" / "qwk.tsv").read_text().count("\n") == 4
     model, meta = load_checkpoint(tmp_path / "models" / "best_model.pth")
@@ -75,6 +75,31 @@ def test_monitor_last_keeps_the_final_epoch(fake_cache, tmp_path):
     summary = fit(fake_cache, tmp_path / "m", tmp_path / "l", tiny(monitor="last", patience=1))
     assert summary["best_epoch"] == summary["epochs_run"] == 3  # no early stop, no selection
     assert read_checkpoint(tmp_path / "m" / "best_model.pth")["meta"]["epoch"] == 3
+
+
+def test_epoch_row_reports_referable_auc_per_split():
+    import numpy as np
+
+    from dr_core.engine import EpochResult
+    from dr_core.train import _epoch_row
+    y = np.array([0, 1, 2, 3, 0, 4])
+    onehot = np.eye(5)[y]  # grades ranked exactly: referable AUC 1
+    wrong = np.eye(5)[np.where(y >= 2, 0, 4)]  # every referable photo scored below every other: AUC 0
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    row = _epoch_row(1, 2, EpochResult(0.0, y, onehot), EpochResult(0.0, y, wrong), opt, 5, referable_grade=2)
+    assert row["train/auc"] == 1.0 and row["val/auc"] == 0.0
+    mild = np.eye(5)[np.minimum(y, 1)]  # separates grade >= 1 only; for grade >= 2 every score ties
+    row = _epoch_row(1, 2, EpochResult(0.0, y, mild), EpochResult(0.0, y, mild), opt, 5, referable_grade=1)
+    assert row["val/auc"] == 1.0
+    assert _epoch_row(1, 2, EpochResult(0.0, y, mild), EpochResult(0.0, y, mild), opt, 5)["val/auc"] == 0.5
+
+
+def test_monitor_val_auc_keeps_the_best_auc_epoch(fake_cache, tmp_path):
+    summary = fit(fake_cache, tmp_path / "m", tmp_path / "l", tiny(monitor="val/auc"))
+    history = json.loads((tmp_path / "m" / "training_history.json").read_text())["history"]
+    aucs = [row["val/auc"] for row in history]
+    assert summary["monitor"] == "val/auc"
+    assert summary["best_value"] == max(aucs) and summary["best_epoch"] == 1 + aucs.index(max(aucs))
 
 
 def test_same_seed_same_metrics(fake_cache, tmp_path):
