@@ -45,8 +45,10 @@ def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: Evalu
         log.info("predicting %d %s images%s", len(images), split, " with TTA" if cfg.tta else "")
         probs[split] = blend_fellow_eyes(predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta),
                                          rows[split]["patient"].tolist(), cfg.fellow_eye_weight)
-    point = choose_threshold(rows["val"]["grade"].to_numpy(), probs["val"], cfg)
-    point["grade_cutpoints"] = choose_cutpoints(rows["val"]["grade"].to_numpy(), probs["val"], cfg)
+    val_grades = rows["val"]["grade"].to_numpy()
+    cutpoints = choose_cutpoints(val_grades, probs["val"], cfg)
+    point = choose_threshold(val_grades, probs["val"], cfg, cutpoints)
+    point["grade_cutpoints"] = cutpoints
     point["model"] = str(model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "operating_point.json").write_text(json.dumps(point, indent=2) + "\n")

@@ -19,7 +19,7 @@ from dr_core import figures
 from dr_core.calibration import DEFAULT_BINS, reliability_bins
 from dr_core.config import EvaluateConfig
 from dr_core.cutpoints import decide_grades, expected_grade, optimize_cutpoints
-from dr_core.metrics import (choose_operating_point, compute_metrics, confusion_matrix, grade_names,
+from dr_core.metrics import (binary_auc, choose_operating_point, compute_metrics, confusion_matrix, grade_names,
                              quadratic_weighted_kappa, referable_labels, referable_score,
                              sensitivity_specificity, to_jsonable, validate_predictions)
 
@@ -29,13 +29,18 @@ OUTPUT_FILES = ("metrics.json", "classification_report.txt", "confusion_matrix.p
                 "calibration.png", "predictions.csv", "plots/roc_referable.csv", "plots/calibration.csv")
 
 
-def choose_threshold(val_y_true: np.ndarray, val_probs: np.ndarray, cfg: EvaluateConfig) -> dict[str, Any]:
+def choose_threshold(val_y_true: np.ndarray, val_probs: np.ndarray, cfg: EvaluateConfig,
+                     cutpoints: Sequence[float] | None = None) -> dict[str, Any]:
     """The referable-DR operating point, chosen on validation only (JSON-ready).
+
+    Args:
+        cutpoints: the grade rule in use (:func:`choose_cutpoints`; ``None`` = argmax), for ``val_qwk``.
 
     Returns:
         ``threshold`` (call referable when the score is at least this), how it was chosen
-        (``mode``, ``target_sensitivity``, ``referable_grade``) and what it achieves on
-        validation (``val_sensitivity``, ``val_specificity``, ``val_n_images``, ``val_n_referable``).
+        (``mode``, ``target_sensitivity``, ``referable_grade``) and what the model achieves on
+        validation (``val_sensitivity``, ``val_specificity``, ``val_auc`` of referable DR, ``val_qwk``
+        with the grade rule, ``val_n_images``, ``val_n_referable``), to set beside the test figures.
     """
     val_y_true, val_probs = validate_predictions(val_y_true, val_probs, name="val")
     y_ref = referable_labels(val_y_true, cfg.referable_grade)
@@ -48,6 +53,8 @@ def choose_threshold(val_y_true: np.ndarray, val_probs: np.ndarray, cfg: Evaluat
         "threshold": threshold, "mode": cfg.operating_point,
         "target_sensitivity": cfg.target_sensitivity if cfg.operating_point == "sensitivity" else None,
         "referable_grade": cfg.referable_grade, "val_sensitivity": sens, "val_specificity": spec,
+        "val_auc": binary_auc(y_ref, score),
+        "val_qwk": quadratic_weighted_kappa(val_y_true, decide_grades(val_probs, cutpoints), val_probs.shape[1]),
         "val_n_images": len(y_ref), "val_n_referable": int(y_ref.sum())})
     point["threshold"] = float(threshold)  # unrounded: rounding up could drop a validation case
     return point
@@ -109,6 +116,9 @@ def write_evaluation(out_dir: str | Path, ids: Sequence, patients: Sequence, y_t
     if operating_point is not None:
         metrics["val_referable_sensitivity"] = operating_point["val_sensitivity"]
         metrics["val_referable_specificity"] = operating_point["val_specificity"]
+        for key in ("val_auc", "val_qwk"):  # absent from operating_point.json files of older versions
+            if key in operating_point:
+                metrics[key.replace("val_auc", "val_referable_auc")] = operating_point[key]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "metrics.json").open("w") as fh:
@@ -230,6 +240,8 @@ def format_report(metrics: dict[str, Any], y_true: np.ndarray, y_pred: np.ndarra
         val_line = [f"  validation sens / spec     {_fmt(operating_point['val_sensitivity'])} / "
                     f"{_fmt(operating_point['val_specificity'])}  ({operating_point['val_n_images']} photos, "
                     f"{operating_point['val_n_referable']} referable)"]
+        if "val_auc" in operating_point:
+            val_line.append(f"  validation AUC             {_fmt(operating_point['val_auc'])}")
     lines += ["", f"Referable DR (grade >= {g}: {names[g]} or worse)",
               f"  prevalence                 {_fmt(metrics['referable_prevalence'])}",
               f"  AUC                        {_ci(metrics, 'referable_auc')}",

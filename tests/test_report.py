@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from dr_core.config import EvaluateConfig
 from dr_core.report import OUTPUT_FILES, choose_threshold, write_evaluation
@@ -108,10 +109,27 @@ def test_choose_threshold_meets_the_target_on_val_and_is_exact() -> None:
         called = score[val_y >= 2] >= point["threshold"]
         assert called.mean() == pytest.approx(point["val_sensitivity"])
         assert point["val_n_referable"] == int((val_y >= 2).sum())
+        assert point["val_auc"] == pytest.approx(roc_auc_score(val_y >= 2, score))
+        assert point["val_qwk"] == pytest.approx(cohen_kappa_score(val_y, val_probs.argmax(1), weights="quadratic"))
         if mode == "sensitivity":
             assert point["val_sensitivity"] >= 0.9 and point["target_sensitivity"] == 0.9
         else:
             assert point["target_sensitivity"] is None
+
+
+def test_val_qwk_follows_the_grade_rule_and_reaches_metrics_json(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    val_y, val_probs = fake_split(120, rng)
+    cuts = [0.5, 1.5, 2.5, 3.5]
+    point = choose_threshold(val_y, val_probs, EvaluateConfig(), cuts)
+    expected = (val_probs * np.arange(5)).sum(1)
+    by_cuts = np.searchsorted(cuts, expected, side="right")
+    assert point["val_qwk"] == pytest.approx(cohen_kappa_score(val_y, by_cuts, weights="quadratic"))
+    y, probs = fake_split(40, rng)
+    metrics = write_evaluation(tmp_path, list(range(40)), list(range(40)), y, probs, point["threshold"],
+                               EvaluateConfig(bootstrap=0), operating_point=point, cutpoints=cuts)
+    assert metrics["val_referable_auc"] == point["val_auc"] and metrics["val_qwk"] == point["val_qwk"]
+    assert "validation AUC" in (tmp_path / "classification_report.txt").read_text()
 
 
 def test_report_text_has_the_referable_block(evaluation) -> None:
