@@ -116,9 +116,9 @@ def write_evaluation(out_dir: str | Path, ids: Sequence, patients: Sequence, y_t
     if operating_point is not None:
         metrics["val_referable_sensitivity"] = operating_point["val_sensitivity"]
         metrics["val_referable_specificity"] = operating_point["val_specificity"]
-        for key in ("val_auc", "val_qwk"):  # absent from operating_point.json files of older versions
-            if key in operating_point:
-                metrics[key.replace("val_auc", "val_referable_auc")] = operating_point[key]
+        for src, dst in (("val_auc", "val_referable_auc"), ("val_qwk", "val_qwk")):
+            if src in operating_point:  # absent from operating_point.json files of older versions
+                metrics[dst] = operating_point[src]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "metrics.json").open("w") as fh:
