@@ -46,6 +46,13 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "ema": ({"train.ema": True, "train.ema_decay": 0.98}, "EMA of the weights (decay 0.98)"),
     "balanced": ({"train.balanced_sampler": True}, "class-balanced sampling"),
     "tta": ({"evaluate.tta": True}, "8-view test-time augmentation"),
+    # candidates for the preset itself (same CPU time unless stated)
+    "lr_1e-3": ({"train.lr_stage2": 0.001}, "stage-2 learning rate 1e-3 instead of 5e-4"),
+    "mse": ({"train.regression_loss": "mse"}, "regression head with MSE instead of smooth-L1"),
+    "basic_aug": ({"train.advanced_aug": False}, "flips, rotation and brightness only"),
+    "backbone_lr_0.3": ({"train.backbone_lr_mult": 0.3}, "stage-2 backbone learning rate x0.3"),
+    "freeze_16": ({"train.freeze_stride": 16}, "stage 2 keeps blocks up to stride 16 frozen (faster)"),
+    "12ep": ({"train.epochs_stage2": 12}, "12 stage-2 epochs instead of 8 (1.5x the CPU time)"),
 }
 NAME = re.compile(r"^abl-(?P<variant>.+)-s(?P<seed>\d+)$")
 METRICS = "results/metrics.json"

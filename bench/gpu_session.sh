@@ -1,33 +1,39 @@
 #!/bin/bash
-# The GPU check prepared for a session with a device machine (not run yet: none was lent).
+# The GPU check for a session with a device machine (one H200, 16 cores), as one prepared script.
 # What travels there: the working tree, plus two git-ignored folders named in the tool's `carry`:
-#   .whl/       Python 3.12 wheels the device lacks (dvc, dvclive, albumentations, timm 1.0.31, ...)
+#   .whl/       Python 3.12 wheels the device lacks (dvc, dvclive, albumentations, timm 1.0.31, the
+#               built-in Lite0 weights, ...); pygit2 and the celery stack stay behind (size limit),
+#               which dvclive does not need outside a DVC repository
 #   .realdata/  a copy of ../shared/data/eyepacs-dev (delete it after the session)
-# On the device: install the wheels, record the environment, run bench/train.py on CUDA with fp16
-# autocast + channels_last, then the full ablation (16 variants x 3 seeds) with 8 queue workers on
-# the one GPU, and bring back `dvc exp show --json` and the rendered table through $OUT.
+# On the device: install the wheels, record the environment, bench CUDA training steps (fp32 and
+# fp16 autocast, channels_last), then bench/sweep.py: the ablation variants around the real-cpu
+# preset on several patient-level splits, many runs at once on the one GPU, without DVC's queue.
+# Results come back through $OUT. SWEEP_S bounds the sweep (runs still going then are killed).
+# Run on 2026-11-30 (one H200): the sweep gave docs/sweep_gpu.json; the step bench failed to import
+# dr_core (no PYTHONPATH to the repository then, fixed since). DDP needs two GPUs for NCCL (one GPU
+# cannot host two NCCL ranks), so one machine checks only the single-process CUDA paths.
 T0=$(date +%s); el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || { echo "pip install failed"; exit 3; }
-export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:/opt/torch/.venv/bin:$PATH DVC_NO_ANALYTICS=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
-command -v python >/dev/null || ln -s "$(command -v python3)" /tmp/site/bin/python
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH DVC_NO_ANALYTICS=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
 el "installed"
-{ nvidia-smi; nproc; free -g; python -c "import torch, timm, albumentations, dvc, dvclive, cv2; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0)); print('timm', timm.__version__, 'albumentations', albumentations.__version__, 'dvc', dvc.__version__, 'opencv', cv2.__version__)"; } > $OUT/env.txt 2>&1
-cat $OUT/env.txt | tail -3
-# data: ../shared/data/eyepacs-dev as on the development machine, pointing at a copy outside the repo
-cp -r .realdata/eyepacs-dev /tmp/eyepacs-dev && mkdir -p ../shared/data && ln -sfn /tmp/eyepacs-dev ../shared/data/eyepacs-dev
-if [ ! -d .git ]; then git init -q && git add -A && git -c user.email=gpu@drgrade -c user.name=gpu commit -qm "device snapshot"; fi
-git config user.email >/dev/null || { git config user.email gpu@drgrade; git config user.name gpu; }
-el "git ready: $(git log --oneline | head -1)"
-# 1. CUDA training bench: fp16 autocast + GradScaler, channels_last, 384 px
-timeout 75 python bench/train.py --device cuda --amp --channels-last --image-size 384 --cache-size 384 --batch-size 64 --batches 20 --warmup 4 --num-workers 6 > $OUT/bench_train_cuda.txt 2>&1
-el "bench rc=$?"; tail -12 $OUT/bench_train_cuda.txt
-# 2. the ablation: 16 variants x 3 seeds, 8 workers on one GPU
-python bench/ablation.py queue --seeds 1 2 3 > $OUT/queue.log 2>&1 || { echo "queue failed"; tail -20 $OUT/queue.log; }
-el "queued $(dvc queue status 2>/dev/null | grep -c Queued)"
-python bench/ablation.py run -j 8 --deadline-s ${DEADLINE:-300} > $OUT/run.log 2>&1
-el "run done"; grep -v "dvc queue status" $OUT/run.log | tail -50
-python bench/ablation.py table --save-json $OUT/exp_show.json --out $OUT/ablation.md 2>/dev/null
-cat $OUT/ablation.md
-for t in $(dvc queue status 2>/dev/null | awk '/Failed/{print $2}' | head -3); do echo "== $t"; dvc queue logs $t 2>&1 | tail -25; done > $OUT/failed_logs.txt
-tail -60 $OUT/failed_logs.txt
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; free -g | head -2
+  python3 -c "import importlib.metadata, torch, timm, albumentations, dvclive, cv2, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0)); print('timm', timm.__version__, 'albumentations', albumentations.__version__, 'dvclive', importlib.metadata.version('dvclive'), 'opencv', cv2.__version__, 'numpy', numpy.__version__)"; } > $OUT/env.txt 2>&1
+cat $OUT/env.txt
+# 1. CUDA training steps: fp32 vs fp16 autocast + GradScaler, channels_last, 448 px (the preset's size)
+for amp in "" "--amp"; do
+  timeout 45 python3 bench/train.py --device cuda $amp --channels-last --image-size 448 --cache-size 448 \
+    --batch-size 64 --batches 10 --warmup 3 --num-workers 6
+  echo "rc=$?"
+done > $OUT/bench_train_cuda.txt 2>&1
+el "bench done"; grep -v "^\s*$" $OUT/bench_train_cuda.txt | tail -24
+# 2. the sweep: seeds outermost, so the deadline cuts the last seed first
+D=.realdata/eyepacs-dev
+python3 bench/sweep.py --seeds ${SEEDS:-42 1 2 3} -j ${JOBS:-12} --deadline-s ${SWEEP_S:-360} --out-dir /tmp/sweep \
+  --set data.labels_csv=$D/labels.csv --set data.img_dir=$D/images --set train.mixed_precision=false \
+  --set train.num_workers=2 --set preprocess.workers=16 --md $OUT/sweep.md --json $OUT/sweep.json > $OUT/sweep.log 2>&1
+el "sweep rc=$?"; cat $OUT/sweep.log | tail -60
+# logs of up to three failed runs, and the GPU's memory at the end
+for f in $(grep -l -i "error\|Traceback" /tmp/sweep/runs/*/log.txt /tmp/sweep/data/*/log.txt 2>/dev/null | head -3); do
+  echo "== $f"; tail -30 "$f"; done > $OUT/failed_logs.txt
+head -80 $OUT/failed_logs.txt
 el "end"

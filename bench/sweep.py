@@ -1,0 +1,200 @@
+"""The ablation of ``bench/ablation.py`` without DVC: each (variant, seed) runs the stage entry
+points directly in its own folder, several at once.
+
+For a machine where DVC's queue is the bottleneck rather than training (one GPU, many cores): no
+temporary git copies, and the split and image cache are built once per seed and preprocessing
+setting, then shared by every variant that uses them. The variants, the preset and the table are
+those of ``bench/ablation.py``; the table adds the validation figures, so that a recipe can be
+chosen on validation splits and only reported on test.
+
+    python bench/sweep.py --seeds 1 2 3 -j 8 --out-dir /tmp/sweep --md sweep.md
+    python bench/sweep.py --variants preset ce --seeds 42 --set train.device=cpu -j 1
+    python bench/sweep.py --render docs/sweep_gpu.json        # the tables again, from saved rows
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import yaml  # noqa: E402
+from ablation import VARIANTS, _stats  # noqa: E402
+
+from dr_core.presets import PATH_KEYS, merged, read_preset, unflatten  # noqa: E402
+
+# what the split and the cache depend on (the keys of dvc.yaml's split and preprocess stages)
+DATA_PREFIXES = ("seed", "data.", "split.", "model.num_classes", "preprocess.")
+
+
+def _data_key(flat: dict[str, Any]) -> str:
+    part = {k: v for k, v in sorted(flat.items()) if k.startswith(DATA_PREFIXES)}
+    return hashlib.sha1(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _run(cmd: list[str], log: Path, cwd: Path, deadline: float | None) -> int:
+    """Run ``cmd`` (a ``python -m stages.*`` call) in ``cwd``, appending its output to ``log``; kill it
+    at the deadline."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    timeout = None if deadline is None else max(1.0, deadline - time.time())
+    with log.open("a") as fh:
+        fh.write("+ " + " ".join(cmd) + "\n")
+        fh.flush()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            fh.write("killed at the deadline\n")
+            return -9
+
+
+def plan(preset: Path, variants: list[str], seeds: list[int], extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per (seed, variant), seeds outermost so that a deadline leaves whole seeds."""
+    base = {**read_preset(preset), **extra}
+    runs = []
+    for seed in seeds:
+        for name in variants:
+            flat = merged(ROOT / "params.yaml", {**base, **VARIANTS[name][0], "seed": seed})
+            for key in PATH_KEYS:
+                flat[key] = str((ROOT / str(flat[key])).resolve())
+            runs.append({"variant": name, "seed": seed, "params": flat, "data_key": _data_key(flat)})
+    return runs
+
+
+def build_data(run: dict[str, Any], out: Path, deadline: float | None) -> Path | None:
+    """Split and cache for this run's data key (once; later runs reuse it). None on failure."""
+    folder = out / "data" / run["data_key"]
+    if (folder / "cache" / "cache_info.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    params = folder / "params.yaml"
+    params.write_text(yaml.safe_dump(unflatten(run["params"]), sort_keys=False))
+    p = run["params"]
+    py = sys.executable
+    for cmd in ([py, "-m", "stages.split", "--labels-csv", p["data.labels_csv"], "--img-dir", p["data.img_dir"],
+                 "--out", "split", "--metrics", "split.json", "--params", str(params)],
+                [py, "-m", "stages.preprocess", "--split-dir", "split", "--img-dir", p["data.img_dir"],
+                 "--out", "cache", "--params", str(params)]):
+        if _run(cmd, folder / "log.txt", folder, deadline) != 0:
+            print(f"data {run['data_key']} failed: see {folder / 'log.txt'}", file=sys.stderr, flush=True)
+            return None
+    return folder
+
+
+def train_and_evaluate(run: dict[str, Any], data: Path, out: Path, deadline: float | None) -> dict[str, Any]:
+    folder = out / "runs" / f"{run['variant']}-s{run['seed']}"
+    folder.mkdir(parents=True, exist_ok=True)
+    params = folder / "params.yaml"
+    params.write_text(yaml.safe_dump(unflatten(run["params"]), sort_keys=False))
+    py, cache, log = sys.executable, str(data / "cache"), folder / "log.txt"
+    start = time.time()
+    rc = _run([py, "-m", "stages.train", "--cache-dir", cache, "--save-dir", "models", "--live-dir", "dvclive/train",
+               "--params", str(params)], log, folder, deadline)
+    if rc == 0:
+        rc = _run([py, "-m", "stages.evaluate", "--model-path", "models/best_model.pth", "--cache-dir", cache,
+                   "--out", "results", "--params", str(params)], log, folder, deadline)
+    row: dict[str, Any] = {"variant": run["variant"], "change": VARIANTS[run["variant"]][1], "seed": run["seed"],
+                           "rc": rc, "wall_seconds": round(time.time() - start, 1), "folder": str(folder)}
+    if rc == 0:
+        test = json.loads((folder / "results" / "metrics.json").read_text())["test"]
+        train = json.loads((folder / "dvclive" / "train" / "metrics.json").read_text())
+        row.update({"qwk": test.get("qwk"), "qwk_argmax": test.get("qwk_argmax"), "auc": test.get("referable_auc"),
+                    "sens": test.get("referable_sensitivity"), "spec": test.get("referable_specificity"),
+                    "val_auc": test.get("val_referable_auc"), "val_qwk": test.get("val_qwk"),
+                    "seconds": train.get("train_seconds")})
+    status = "ok" if rc == 0 else f"FAILED rc={rc}: see {log}"
+    print(f"{run['variant']:>14} seed {run['seed']:>3}: {status} "
+          + (f"val AUC {row['val_auc']:.3f} test AUC {row['auc']:.3f} test QWK {row['qwk']:.3f} " if rc == 0 else "")
+          + f"({row['wall_seconds']:.0f} s)", flush=True)
+    return row
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """One line per variant: mean ± sd over seeds of the validation and the test figures."""
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["rc"] == 0:
+            by_variant.setdefault(r["variant"], []).append(r)
+    lines = ["| variant | change from the preset | seeds | val AUC | val QWK (cut-points) | test AUC "
+             "| test QWK (cut-points) | test QWK (argmax) | sensitivity | specificity | train time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    names = list(VARIANTS) + [v for v in by_variant if v not in VARIANTS]  # saved rows may predate a rename
+    for name in names:
+        runs = sorted(by_variant.get(name, []), key=lambda r: r["seed"])
+        if runs:
+            what = runs[0].get("change") or (VARIANTS[name][1] if name in VARIANTS else "")
+            cells = [_stats([r[k] for r in runs]) for k in ("val_auc", "val_qwk", "auc", "qwk", "qwk_argmax",
+                                                             "sens", "spec")]
+            secs = [r["seconds"] for r in runs if r.get("seconds") is not None]
+            cells.append(f"{sum(secs) / len(secs):.0f}" if secs else "n/a")
+            lines.append(f"| {name} | {what} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
+    lines += ["", "mean ± standard deviation over seeds (each seed is its own patient-level split); "
+              "val: the validation split of the same seed"]
+    failed = [f"{r['variant']}-s{r['seed']}" for r in rows if r["rc"] != 0]
+    if failed:
+        lines += ["", f"not finished: {', '.join(failed)}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", type=Path, default=ROOT / "presets/real-cpu.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--set", dest="extra", action="append", default=["evaluate.bootstrap=0"],
+                        metavar="KEY=VALUE", help="override for every run (default: evaluate.bootstrap=0)")
+    parser.add_argument("-j", "--jobs", type=int, default=1, help="runs trained at once")
+    parser.add_argument("--out-dir", type=Path, default=Path("sweep"))
+    parser.add_argument("--deadline-s", type=float, help="kill what still runs after this long; skip the rest")
+    parser.add_argument("--md", type=Path, help="also write the tables here")
+    parser.add_argument("--json", type=Path, help="also write one row per run here")
+    parser.add_argument("--render", type=Path, nargs="+", metavar="JSON",
+                        help="run nothing: print the tables of rows saved by --json (several files are merged)")
+    args = parser.parse_args(argv)
+    if args.render:
+        rows = [row for path in args.render for row in json.loads(path.read_text())]
+        done = {(r["variant"], r["seed"]) for r in rows if r["rc"] == 0}
+        rows = [r for r in rows if r["rc"] == 0 or (r["variant"], r["seed"]) not in done]
+        print(markdown(rows))
+        return 0
+    extra = {k: yaml.safe_load(v) for k, v in (e.split("=", 1) for e in args.extra)}
+    deadline = None if args.deadline_s is None else time.time() + args.deadline_s
+    out = args.out_dir.resolve()
+    runs = plan(args.preset, args.variants, args.seeds, extra)
+    print(f"{len(runs)} runs, {len({r['data_key'] for r in runs})} data folders, {args.jobs} at once", flush=True)
+
+    rows: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = []
+        for run in runs:  # data folders are built here, one at a time (each uses every core)
+            if deadline is not None and time.time() > deadline:
+                rows.append({"variant": run["variant"], "seed": run["seed"], "rc": "skipped"})
+                continue
+            data = build_data(run, out, deadline)
+            if data is None:
+                rows.append({"variant": run["variant"], "seed": run["seed"], "rc": "no data"})
+                continue
+            futures.append(pool.submit(train_and_evaluate, run, data, out, deadline))
+        rows += [f.result() for f in futures]
+    md = markdown(rows)
+    print(md)
+    if args.md:
+        args.md.write_text(md)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0 if all(r["rc"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

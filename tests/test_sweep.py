@@ -1,0 +1,86 @@
+"""bench/sweep.py: the ablation run through the stage entry points, without DVC."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, fake_fundus
+
+spec = importlib.util.spec_from_file_location("sweep", REPO / "bench" / "sweep.py")
+sweep = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sweep)
+
+
+def _row(variant: str, seed: int, rc: int | str = 0, auc: float = 0.8) -> dict:
+    row = {"variant": variant, "seed": seed, "rc": rc}
+    if rc == 0:
+        row.update({"qwk": 0.6, "qwk_argmax": 0.5, "auc": auc, "sens": 0.9, "spec": 0.4, "val_auc": auc + 0.05,
+                    "val_qwk": 0.7, "seconds": 60.0})
+    return row
+
+
+def test_plan_shares_the_split_and_cache_only_where_their_settings_agree():
+    runs = sweep.plan(REPO / "presets" / "real-cpu.yaml", ["preset", "ce", "ben"], [1, 2], {})
+    key = {(r["variant"], r["seed"]): r["data_key"] for r in runs}
+    assert [(r["variant"], r["seed"]) for r in runs][:3] == [("preset", 1), ("ce", 1), ("ben", 1)]  # seeds outermost
+    assert key["preset", 1] == key["ce", 1]            # the loss does not touch the cache
+    assert key["ben", 1] != key["preset", 1]           # preprocessing does
+    assert key["preset", 2] != key["preset", 1]        # and so does the split's seed
+    assert all(Path(r["params"]["data.img_dir"]).is_absolute() for r in runs)
+    assert runs[1]["params"]["train.loss"] == "ce" and runs[0]["params"]["train.loss"] == "regression"
+
+
+def test_markdown_adds_validation_columns_and_names_unfinished_runs():
+    md = sweep.markdown([_row("preset", 1, auc=0.8), _row("preset", 2, auc=0.9), _row("ce", 1, rc=-9)])
+    line = [x for x in md.splitlines() if x.startswith("| preset |")][0]
+    assert line == ("| preset | the preset as it is | 1, 2 | 0.900 ± 0.071 | 0.700 ± 0.000 | 0.850 ± 0.071 | "
+                    "0.600 ± 0.000 | 0.500 ± 0.000 | 0.900 ± 0.000 | 0.400 ± 0.000 | 60 |")
+    assert "not finished: ce-s1" in md
+
+
+def test_render_merges_saved_rows_and_forgets_runs_finished_elsewhere(tmp_path, capsys):
+    (tmp_path / "a.json").write_text(json.dumps([_row("preset", 1), _row("preset", 2, rc="skipped")]))
+    (tmp_path / "b.json").write_text(json.dumps([_row("preset", 2, auc=0.6), _row("ce", 3, rc=-9)]))
+    assert sweep.main(["--render", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| preset | the preset as it is | 1, 2 | 0.750 ± 0.141 |" in out
+    assert "not finished: ce-s3" in out and "preset-s2" not in out
+
+
+@pytest.mark.slow
+def test_sweep_trains_and_evaluates_two_variants_on_a_generated_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    grades = np.arange(100) % 5
+    for i, g in enumerate(grades):
+        img = fake_fundus(int(g), rng, 96).astype(np.int16) + rng.integers(-6, 7, (96, 96, 3))  # no two alike
+        cv2.imwrite(str(images / f"img{i:03d}.png"), np.clip(img, 0, 255).astype(np.uint8)[:, :, ::-1])
+    pd.DataFrame({"id_code": [f"img{i:03d}" for i in range(100)], "diagnosis": grades}).to_csv(
+        tmp_path / "labels.csv", index=False)
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump({
+        "data": {"labels_csv": str(tmp_path / "labels.csv"), "img_dir": str(images), "dedup_max_distance": -1},
+        "preprocess": {"cache_size": 64, "workers": 2},
+        "model": {"name": "resnet10t", "pretrained": False, "pretrained_file": ""},
+        "train": {"image_size": 48, "loss": "regression", "epochs_stage1": 1, "epochs_stage2": 1, "batch_size": 16,
+                  "num_workers": 0, "freeze_stride": 8, "monitor": "last", "device": "cpu"},
+        "evaluate": {"grade_rule": "qwk"}}))
+    out = tmp_path / "sweep"
+    rc = sweep.main(["--preset", str(preset), "--variants", "preset", "no_clahe", "--seeds", "1", "-j", "2",
+                     "--out-dir", str(out), "--json", str(tmp_path / "rows.json"), "--md", str(tmp_path / "t.md")])
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert rc == 0, [(r["variant"], r["rc"], r.get("folder")) for r in rows]
+    assert [(r["variant"], r["seed"]) for r in rows] == [("preset", 1), ("no_clahe", 1)]
+    assert all(0.0 <= r["val_auc"] <= 1.0 and 0.0 <= r["auc"] <= 1.0 for r in rows)
+    assert len(list((out / "data").iterdir())) == 2  # no_clahe has a cache of its own
+    used = yaml.safe_load((out / "runs" / "no_clahe-s1" / "params.yaml").read_text())
+    assert used["preprocess"]["clahe"] is False and used["train"]["loss"] == "regression"
+    assert "| no_clahe | preprocessing: border crop only, no CLAHE | 1 |" in (tmp_path / "t.md").read_text()
