@@ -175,14 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(runs)} runs, {len({r['data_key'] for r in runs})} data folders, {args.jobs} at once", flush=True)
 
     rows: list[dict[str, Any]] = []
+    bad_data: set[str] = set()  # data keys whose split or cache failed: not tried again
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = []
         for run in runs:  # data folders are built here, one at a time (each uses every core)
             if deadline is not None and time.time() > deadline:
                 rows.append({"variant": run["variant"], "seed": run["seed"], "rc": "skipped"})
                 continue
-            data = build_data(run, out, deadline)
+            data = None if run["data_key"] in bad_data else build_data(run, out, deadline)
             if data is None:
+                bad_data.add(run["data_key"])
                 rows.append({"variant": run["variant"], "seed": run["seed"], "rc": "no data"})
                 continue
             futures.append(pool.submit(train_and_evaluate, run, data, out, deadline))

@@ -84,3 +84,17 @@ def test_sweep_trains_and_evaluates_two_variants_on_a_generated_folder(tmp_path)
     used = yaml.safe_load((out / "runs" / "no_clahe-s1" / "params.yaml").read_text())
     assert used["preprocess"]["clahe"] is False and used["train"]["loss"] == "regression"
     assert "| no_clahe | preprocessing: border crop only, no CLAHE | 1 |" in (tmp_path / "t.md").read_text()
+
+
+def test_a_split_that_fails_is_reported_for_each_run_and_tried_once(tmp_path):
+    preset = tmp_path / "missing.yaml"
+    preset.write_text(yaml.safe_dump({"data": {"labels_csv": str(tmp_path / "nowhere.csv"),
+                                               "img_dir": str(tmp_path)}}))
+    out = tmp_path / "sweep"
+    rc = sweep.main(["--preset", str(preset), "--variants", "preset", "ce", "--seeds", "1", "--out-dir", str(out),
+                     "--json", str(tmp_path / "rows.json")])
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert rc == 1 and [(r["variant"], r["rc"]) for r in rows] == [("preset", "no data"), ("ce", "no data")]
+    (log,) = (out / "data").glob("*/log.txt")
+    text = log.read_text()
+    assert text.count("+ ") == 1 and "nowhere.csv" in text  # the split ran once, and its error names the file
