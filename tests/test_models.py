@@ -10,18 +10,21 @@ import torch
 from safetensors.torch import save_file
 
 from dr_core.config import ModelConfig
-from dr_core.models import (WeightsError, build_model, builtin_lite0_state_dict, early_parameter_names,
+from dr_core.models import (WeightsError, build_model, builtin_state_dict, early_parameter_names,
                             freeze_early_layers, frozen_modules_to_eval, normalisation)
 
 EGYPTIAN_CAT, TABBY, TIGER_CAT = 285, 281, 282
 
 
-def test_builtin_lite0_weights_classify_a_cat_photo():
+@pytest.mark.parametrize("arch, side", [("tf_efficientnet_lite0", 224), ("tf_efficientnet_lite1", 240),
+                                        ("tf_efficientnet_lite2", 260)])
+def test_builtin_weights_classify_a_cat_photo(arch, side):
     skdata = pytest.importorskip("skimage.data")
-    model = build_model(ModelConfig(num_classes=1000, pretrained_file="builtin", drop_rate=0, drop_path_rate=0))
+    model = build_model(ModelConfig(name=arch, num_classes=1000, pretrained_file="builtin", drop_rate=0,
+                                    drop_path_rate=0))
     mean, std = normalisation(model)
     assert mean == (0.5, 0.5, 0.5) and std == (0.5, 0.5, 0.5)
-    image = cv2.resize(skdata.chelsea(), (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    image = cv2.resize(skdata.chelsea(), (side, side), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
     x = torch.from_numpy(((image - np.array(mean)) / np.array(std)).transpose(2, 0, 1)).float()[None]
     with torch.no_grad():
         top = model.eval()(x).softmax(-1)[0]
@@ -29,9 +32,10 @@ def test_builtin_lite0_weights_classify_a_cat_photo():
     assert float(top[[EGYPTIAN_CAT, TABBY, TIGER_CAT]].sum()) > 0.5
 
 
-def test_builtin_mapping_covers_every_tensor():
-    mapped = builtin_lite0_state_dict()
-    own = timm.create_model("tf_efficientnet_lite0").state_dict()
+@pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_builtin_mapping_covers_every_tensor(arch):
+    mapped = builtin_state_dict(arch)
+    own = timm.create_model(arch).state_dict()
     assert list(mapped) == list(own)
     assert all(mapped[k].shape == own[k].shape for k in own)
 
@@ -39,7 +43,7 @@ def test_builtin_mapping_covers_every_tensor():
 def test_builtin_weights_get_a_new_head():
     model = build_model(ModelConfig(num_classes=5, pretrained_file="builtin"))
     assert model.get_classifier().out_features == 5
-    ref = builtin_lite0_state_dict()
+    ref = builtin_state_dict()
     assert torch.equal(model.state_dict()["conv_stem.weight"], ref["conv_stem.weight"])
 
 
