@@ -159,7 +159,8 @@ def collect(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
     return out
 
 
-def _stats(values: list[float | None]) -> str:
+def mean_sd(values: list[float | None]) -> str:
+    """Mean ± sd of the values that are numbers, as text (the sweep's table uses it too); "n/a" if none."""
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
         return "n/a"
@@ -180,9 +181,9 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
             continue
         secs = [r["seconds"] for r in runs if r["seconds"] is not None]
         seconds = f"{sum(secs) / len(secs):.0f}" if secs else "n/a"
-        lines.append(f"| {name} | {what} | {len(runs)} | {_stats([r['qwk'] for r in runs])} | "
-                     f"{_stats([r['qwk_argmax'] for r in runs])} | {_stats([r['auc'] for r in runs])} | "
-                     f"{_stats([r['sens'] for r in runs])} | {_stats([r['spec'] for r in runs])} | {seconds} |")
+        lines.append(f"| {name} | {what} | {len(runs)} | {mean_sd([r['qwk'] for r in runs])} | "
+                     f"{mean_sd([r['qwk_argmax'] for r in runs])} | {mean_sd([r['auc'] for r in runs])} | "
+                     f"{mean_sd([r['sens'] for r in runs])} | {mean_sd([r['spec'] for r in runs])} | {seconds} |")
     return "\n".join(lines) + "\n\nmean ± standard deviation over seeds (each seed is its own patient-level split)\n"
 
 

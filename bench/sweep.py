@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import yaml  # noqa: E402
-from ablation import VARIANTS, _stats  # noqa: E402
+from ablation import VARIANTS, mean_sd  # noqa: E402
 
 from dr_core.presets import PATH_KEYS, merged, read_preset, unflatten  # noqa: E402
 
@@ -134,7 +134,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         runs = sorted(by_variant.get(name, []), key=lambda r: r["seed"])
         if runs:
             what = runs[0].get("change") or (VARIANTS[name][1] if name in VARIANTS else "")
-            cells = [_stats([r[k] for r in runs]) for k in ("val_auc", "val_qwk", "auc", "qwk", "qwk_argmax",
+            cells = [mean_sd([r[k] for r in runs]) for k in ("val_auc", "val_qwk", "auc", "qwk", "qwk_argmax",
                                                              "sens", "spec")]
             secs = [r["seconds"] for r in runs if r.get("seconds") is not None]
             cells.append(f"{sum(secs) / len(secs):.0f}" if secs else "n/a")
