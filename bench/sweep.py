@@ -10,6 +10,11 @@ chosen on validation splits and only reported on test.
     python bench/sweep.py --seeds 1 2 3 -j 8 --out-dir /tmp/sweep --md sweep.md
     python bench/sweep.py --variants preset ce --seeds 42 --set train.device=cpu -j 1
     python bench/sweep.py --render docs/sweep_gpu.json        # the tables again, from saved rows
+    python bench/sweep.py --variants preset --seeds 42 --train-on-val -j 1   # refit on train+val
+
+``--train-on-val`` trains each run on train and val together and scores it on the same test split:
+what more photos would give. Its val figures are in-sample, and so are the cut-points and the
+operating point chosen on val.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from ablation import VARIANTS, mean_sd  # noqa: E402
 
@@ -92,6 +98,31 @@ def build_data(run: dict[str, Any], out: Path, deadline: float | None) -> Path |
     return folder
 
 
+def with_val_in_train(data: Path) -> Path:
+    """A data folder beside ``data`` whose cached train split is train followed by val (val and test
+    unchanged, linked), built once. Row i of ``train.npy`` stays row i of ``train.csv``."""
+    src, folder = data / "cache", data.with_name(data.name + "-train+val")
+    dst = folder / "cache"
+    if (dst / "cache_info.json").exists():
+        return folder
+    dst.mkdir(parents=True, exist_ok=True)
+    for split in ("val", "test"):
+        (dst / f"{split}.csv").write_bytes((src / f"{split}.csv").read_bytes())
+        (dst / f"{split}.npy").unlink(missing_ok=True)
+        (dst / f"{split}.npy").symlink_to((src / f"{split}.npy").resolve())
+    parts = [np.load(src / f"{split}.npy", mmap_mode="r") for split in ("train", "val")]
+    both = np.lib.format.open_memmap(dst / "train.npy.tmp", mode="w+", dtype=parts[0].dtype,
+                                     shape=(sum(len(a) for a in parts), *parts[0].shape[1:]))
+    both[:len(parts[0])], both[len(parts[0]):] = parts
+    both.flush()
+    del both
+    os.replace(dst / "train.npy.tmp", dst / "train.npy")
+    train_csv, val_csv = ((src / f"{split}.csv").read_text().splitlines(keepends=True) for split in ("train", "val"))
+    (dst / "train.csv").write_text("".join(train_csv + val_csv[1:]))  # one header
+    (dst / "cache_info.json").write_bytes((src / "cache_info.json").read_bytes())
+    return folder
+
+
 def train_and_evaluate(run: dict[str, Any], data: Path, out: Path, deadline: float | None) -> dict[str, Any]:
     folder = out / "runs" / f"{run['variant']}-s{run['seed']}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,7 +135,8 @@ def train_and_evaluate(run: dict[str, Any], data: Path, out: Path, deadline: flo
     if rc == 0:
         rc = _run([py, "-m", "stages.evaluate", "--model-path", "models/best_model.pth", "--cache-dir", cache,
                    "--out", "results", "--params", str(params)], log, folder, deadline)
-    row: dict[str, Any] = {"variant": run["variant"], "change": VARIANTS[run["variant"]][1], "seed": run["seed"],
+    row: dict[str, Any] = {"variant": run["variant"], "change": run.get("change") or VARIANTS[run["variant"]][1],
+                           "seed": run["seed"],
                            "rc": rc, "wall_seconds": round(time.time() - start, 1), "folder": str(folder)}
     if rc == 0:
         test = json.loads((folder / "results" / "metrics.json").read_text())["test"]
@@ -159,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-s", type=float, help="kill what still runs after this long; skip the rest")
     parser.add_argument("--md", type=Path, help="also write the tables here")
     parser.add_argument("--json", type=Path, help="also write one row per run here")
+    parser.add_argument("--train-on-val", action="store_true",
+                        help="train on train+val, score on the same test split (val figures become in-sample)")
     parser.add_argument("--render", type=Path, nargs="+", metavar="JSON",
                         help="run nothing: print the tables of rows saved by --json (several files are merged)")
     args = parser.parse_args(argv)
@@ -172,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     deadline = None if args.deadline_s is None else time.time() + args.deadline_s
     out = args.out_dir.resolve()
     runs = plan(args.preset, args.variants, args.seeds, extra)
+    if args.train_on_val:
+        for run in runs:
+            run["change"] = VARIANTS[run["variant"]][1] + "; trained on train+val (val figures in-sample)"
+            run["variant"] += "+val"
     print(f"{len(runs)} runs, {len({r['data_key'] for r in runs})} data folders, {args.jobs} at once", flush=True)
 
     rows: list[dict[str, Any]] = []
@@ -187,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                 bad_data.add(run["data_key"])
                 rows.append({"variant": run["variant"], "seed": run["seed"], "rc": "no data"})
                 continue
+            if args.train_on_val:
+                data = with_val_in_train(data)
             futures.append(pool.submit(train_and_evaluate, run, data, out, deadline))
         rows += [f.result() for f in futures]
     md = markdown(rows)

@@ -98,3 +98,48 @@ def test_a_split_that_fails_is_reported_for_each_run_and_tried_once(tmp_path):
     (log,) = (out / "data").glob("*/log.txt")
     text = log.read_text()
     assert text.count("+ ") == 1 and "nowhere.csv" in text  # the split ran once, and its error names the file
+
+
+def _fake_cache(folder: Path, sizes: dict[str, int]) -> Path:
+    cache = folder / "cache"
+    cache.mkdir(parents=True)
+    start = 0
+    for split, n in sizes.items():
+        np.save(cache / f"{split}.npy", np.arange(start, start + n, dtype=np.uint8)[:, None, None, None]
+                * np.ones((1, 4, 4, 3), np.uint8))
+        pd.DataFrame({"id": [f"{split}{i}" for i in range(n)], "grade": np.arange(n) % 5}).to_csv(
+            cache / f"{split}.csv", index=False)
+        start += n
+    (cache / "cache_info.json").write_text("{}")
+    return folder
+
+
+def test_with_val_in_train_appends_val_rows_to_train_and_keeps_val_and_test(tmp_path):
+    data = _fake_cache(tmp_path / "abc", {"train": 5, "val": 3, "test": 2})
+    both = sweep.with_val_in_train(data)
+    cache = both / "cache"
+    train = np.load(cache / "train.npy")
+    table = pd.read_csv(cache / "train.csv")
+    assert train.shape == (8, 4, 4, 3) and list(train[:, 0, 0, 0]) == list(range(8))
+    assert list(table["id"]) == [f"train{i}" for i in range(5)] + [f"val{i}" for i in range(3)]
+    assert list(np.load(cache / "test.npy")[:, 0, 0, 0]) == [8, 9]
+    assert pd.read_csv(cache / "val.csv")["id"].tolist() == ["val0", "val1", "val2"]
+    assert not (data / "cache" / "train.npy.tmp").exists() and np.load(data / "cache" / "train.npy").shape[0] == 5
+    assert sweep.with_val_in_train(data) == both  # built once
+
+
+def test_train_on_val_renames_the_variant_and_trains_on_the_merged_folder(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(sweep, "build_data", lambda run, out, deadline: _fake_cache(
+        out / "data" / run["data_key"], {"train": 4, "val": 2, "test": 2}))
+    monkeypatch.setattr(sweep, "train_and_evaluate", lambda run, data, out, deadline: seen.append((run, data)) or {
+        "variant": run["variant"], "seed": run["seed"], "rc": 0, "change": run["change"], "qwk": 0.6,
+        "qwk_argmax": 0.5, "auc": 0.8, "sens": 0.9, "spec": 0.4, "val_auc": 1.0, "val_qwk": 0.9, "seconds": 1.0})
+    rc = sweep.main(["--variants", "preset", "--seeds", "7", "--train-on-val", "--out-dir", str(tmp_path / "s"),
+                     "--md", str(tmp_path / "t.md")])
+    assert rc == 0 and len(seen) == 1
+    run, data = seen[0]
+    assert run["variant"] == "preset+val" and data.name.endswith("-train+val")
+    assert len(np.load(data / "cache" / "train.npy")) == 6
+    assert "| preset+val | the preset as it is; trained on train+val (val figures in-sample) | 7 |" in (
+        tmp_path / "t.md").read_text()
