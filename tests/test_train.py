@@ -13,6 +13,7 @@ import yaml
 from conftest import REPO, write_fake_cache
 from dr_core.checkpoint import load_checkpoint, read_checkpoint
 from dr_core.config import params_from_dict
+from dr_core.device import seed_everything
 from dr_core.engine import StepContext, TrainingDiverged, run_epoch
 from dr_core.train import fit
 
@@ -111,6 +112,19 @@ def test_same_seed_same_metrics(fake_cache, tmp_path):
     timing = ("train/images_per_s", "epoch_seconds", "train_seconds")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]
     assert strip(ha) == strip(hb) and strip([a]) == strip([b])
+
+
+def test_deterministic_mode_skips_the_nan_fill_of_new_tensors():
+    # the fill cost a third of a 448 px CPU step (bench/determinism.py); the kernels stay deterministic
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)
+    try:
+        seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.utils.deterministic.fill_uninitialized_memory = before[2]
 
 
 def test_nan_loss_names_epoch_batch_and_fixes(fake_cache):
