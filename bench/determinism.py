@@ -76,8 +76,8 @@ def seeded_run(base: torch.nn.Module, x: torch.Tensor, fill: bool, steps: int = 
 
 
 def time_case(args: argparse.Namespace, name: str) -> list[float]:
-    """Step times of one case in this process: a fresh process per case, as in training, since
-    the fill's cost depends on how much freshly mapped memory each step allocates."""
+    """Step times of one case in this process. One process per case, as training is one process:
+    timed side by side in one process, the cases disturbed each other's figures."""
     set_mode(*CASES[name])
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=torch.channels_last)

@@ -54,8 +54,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         # Deterministic mode also fills every new tensor with NaN to expose reads of uninitialised
-        # memory: about 1000 fills per Lite0 step, a third of a 448 px CPU step (bench/determinism.py).
-        # The kernels chosen, and so the results, stay the same without it.
+        # memory: about 1000 fills per Lite0 step, a third of the real-cpu preset's training time
+        # (bench/determinism.py, bench/README.md). The kernels, and so the results, stay the same.
         torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
     else:

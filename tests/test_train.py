@@ -115,7 +115,7 @@ def test_same_seed_same_metrics(fake_cache, tmp_path):
 
 
 def test_deterministic_mode_skips_the_nan_fill_of_new_tensors():
-    # the fill cost a third of a 448 px CPU step (bench/determinism.py); the kernels stay deterministic
+    # the fill cost a third of the preset's CPU training time (bench/determinism.py); kernels stay deterministic
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.utils.deterministic.fill_uninitialized_memory)
     try:
