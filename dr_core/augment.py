@@ -12,7 +12,7 @@ AUG_LEVELS = ("none", "basic", "advanced")
 
 
 def build_transforms(image_size: int, mean: Sequence[float], std: Sequence[float],
-                     level: str = "advanced") -> A.Compose:
+                     level: str = "advanced", strength: float = 1.0) -> A.Compose:
     """Transforms from a cached uint8 RGB image to a normalised float tensor (3, H, W).
 
     Args:
@@ -21,9 +21,19 @@ def build_transforms(image_size: int, mean: Sequence[float], std: Sequence[float
         std: per-channel normalisation std.
         level: "none" (evaluation: resize only), "basic" (flips, rotation, brightness) or
             "advanced" (basic plus distortion, colour, blur/noise and coarse dropout).
+        strength: multiplies the range of every random change (zoom, brightness, contrast,
+            distortion, colour shifts, noise) and the probability of each optional one (capped at
+            1). Rotation and flips are already full-range. 1.0 is the default recipe.
     """
     if level not in AUG_LEVELS:
         raise ValueError(f"augmentation level must be one of {AUG_LEVELS}, got {level!r}")
+    if strength <= 0:
+        raise ValueError(f"augmentation strength must be > 0, got {strength!r}")
+    s = strength
+
+    def p(base: float) -> float:
+        return min(1.0, base * s)
+
     # The cache is already anti-aliased at cache_size (>= image_size); bilinear is enough for the
     # last small step and costs a quarter of INTER_AREA (measured in bench/loader.py).
     resize = A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR)
@@ -33,22 +43,23 @@ def build_transforms(image_size: int, mean: Sequence[float], std: Sequence[float
         ops += [
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
-            A.Affine(rotate=(-180, 180), scale=(0.9, 1.1), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
-            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+            A.Affine(rotate=(-180, 180), scale=(1 - 0.1 * s, 1 + 0.1 * s), border_mode=cv2.BORDER_CONSTANT,
+                     fill=0, p=0.7),
+            A.RandomBrightnessContrast(brightness_limit=0.15 * s, contrast_limit=0.15 * s, p=p(0.5)),
         ]
     if level == "advanced":
         ops += [
             A.OneOf([
-                A.OpticalDistortion(distort_limit=0.1, p=1.0),
-                A.GridDistortion(num_steps=5, distort_limit=0.1, p=1.0),
-            ], p=0.25),
-            A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=10, val_shift_limit=5, p=0.3),
+                A.OpticalDistortion(distort_limit=0.1 * s, p=1.0),
+                A.GridDistortion(num_steps=5, distort_limit=0.1 * s, p=1.0),
+            ], p=p(0.25)),
+            A.HueSaturationValue(hue_shift_limit=5 * s, sat_shift_limit=10 * s, val_shift_limit=5 * s, p=p(0.3)),
             A.OneOf([
                 A.GaussianBlur(blur_limit=(3, 3), p=1.0),
-                A.GaussNoise(std_range=(0.01, 0.04), p=1.0),
-            ], p=0.2),
+                A.GaussNoise(std_range=(0.01 * s, 0.04 * s), p=1.0),
+            ], p=p(0.2)),
             A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.04, 0.1),
-                            hole_width_range=(0.04, 0.1), fill=0, p=0.2),
+                            hole_width_range=(0.04, 0.1), fill=0, p=p(0.2)),
         ]
     ops.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
     return A.Compose(ops)

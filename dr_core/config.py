@@ -144,6 +144,7 @@ class TrainConfig:
     focal_alpha: bool = False  # focal alpha = class weights
     label_smoothing: float = 0.0
     advanced_aug: bool = True
+    aug_strength: float = 1.0  # multiplies the augmentation ranges and probabilities (dr_core.augment)
     mixed_precision: bool = True  # used on CUDA; on CPU only with amp_dtype=bf16
     amp_dtype: str = "auto"
     channels_last: bool = False
@@ -193,6 +194,7 @@ class TrainConfig:
         _check(self.backbone_lr_mult > 0, "train.backbone_lr_mult", self.backbone_lr_mult, "a number > 0")
         _check(self.warmup_epochs >= 0, "train.warmup_epochs", self.warmup_epochs, "a number >= 0")
         _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "a fraction in [0, 1]")
+        _check(self.aug_strength > 0, "train.aug_strength", self.aug_strength, "a number > 0")
         _check(0 < self.ema_decay < 1, "train.ema_decay", self.ema_decay, "a fraction in (0, 1)")
 
 
