@@ -52,7 +52,8 @@ def make_loaders(cache_dir: Path, params: Params, mean: Sequence[float], std: Se
     if t.num_workers:
         cv2.setNumThreads(0)  # OpenCV's thread pool does not survive fork into loader workers
     level = "advanced" if t.advanced_aug else "basic"
-    train_ds, train_meta = cached_dataset(cache_dir, "train", build_transforms(t.image_size, mean, std, level, t.aug_strength))
+    train_tf = build_transforms(t.image_size, mean, std, level, t.aug_strength)
+    train_ds, train_meta = cached_dataset(cache_dir, "train", train_tf)
     val_ds, _ = cached_dataset(cache_dir, "val", build_transforms(t.image_size, mean, std, "none"))
     grades = train_meta["grade"].to_numpy()
     generator = torch.Generator().manual_seed(params.seed)
