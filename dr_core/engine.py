@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dr_core.heads import to_probs
+from dr_core.mixup import mix_batch, mixed_loss
 from dr_core.models import frozen_modules_to_eval
 
 
@@ -45,6 +46,7 @@ class StepContext:
     ddp_module: nn.Module | None = None  # DDP(TwoStageForward(model)) when distributed
     head: str = "classification"  # classification | regression | ordinal (dr_core.heads)
     num_classes: int = 5
+    mixup_alpha: float = 0.0  # > 0: training batches are blended (dr_core.mixup)
 
 
 @dataclass
@@ -127,6 +129,9 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
         for i, (x, y) in enumerate(bar):
             x = x.to(ctx.device, non_blocking=True)
             y = y.to(ctx.device, non_blocking=True)
+            y_other, lam = y, 1.0
+            if train and ctx.mixup_alpha > 0:
+                x, y_other, lam = mix_batch(x, y, ctx.mixup_alpha)
             if ctx.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             amp = (torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype)
@@ -137,7 +142,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
                         logits = ctx.ddp_module(x)  # gradients all-reduced across processes
                     else:
                         logits = forward(model, x, ctx.frozen_backbone and train)
-                    loss = loss_fn(logits.float(), y)
+                    loss = mixed_loss(loss_fn, logits.float(), y, y_other, lam)
                 if train:
                     step_now = (i + 1) % ctx.grad_accum == 0 or i + 1 == n_batches
                     _backward_step(model, loss / ctx.grad_accum, optimizer, ctx, step_now)

@@ -241,7 +241,8 @@ def _stage_context(model: nn.Module, params: Params, stage: int, lr: float, n_ep
     ctx = StepContext(device=device, autocast_dtype=dtype, scaler=scaler, scheduler=scheduler,
                       grad_accum=t.grad_accum, grad_clip=t.grad_clip, channels_last=t.channels_last,
                       frozen_backbone=frozen, ema=ema, lr_hint=f"train.lr_stage{stage}", ddp_module=ddp,
-                      head=head_for_loss(t.loss), num_classes=params.model.num_classes)
+                      head=head_for_loss(t.loss), num_classes=params.model.num_classes,
+                      mixup_alpha=t.mixup_alpha)
     return ctx, optimizer
 
 

@@ -47,6 +47,7 @@ def test_every_guide_flag_has_a_param():
     ({"split": {"val": 0.6, "test": 0.5}}, r"split.val \+ split.test"),
     ({"data": {"on_bad_image": "ignore"}}, r"data.on_bad_image: got 'ignore'"),
     ({"train": {"aug_strength": 0}}, r"train.aug_strength: got 0.0, expected a number > 0"),
+    ({"train": {"mixup_alpha": -0.2}}, r"train.mixup_alpha: got -0.2, expected 0 \(off\) or a number > 0"),
 ])
 def test_bad_settings_fail_with_the_key_and_choices(raw, match):
     with pytest.raises(ConfigError, match=match):
