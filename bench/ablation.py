@@ -54,6 +54,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "basic_aug": ({"train.advanced_aug": False}, "flips, rotation and brightness only"),
     "strong_aug": ({"train.aug_strength": 2.0}, "augmentation ranges and probabilities x2"),
     "mixup": ({"train.mixup_alpha": 0.4}, "mixup of training images and losses, alpha 0.4"),
+    "rank": ({"train.rank_weight": 1.0}, "+ pairwise referable-vs-rest ranking loss, weight 1"),
     "backbone_lr_0.3": ({"train.backbone_lr_mult": 0.3}, "stage-2 backbone learning rate x0.3"),
     "freeze_16": ({"train.freeze_stride": 16}, "stage 2 keeps blocks up to stride 16 frozen (faster)"),
     "12ep": ({"train.epochs_stage2": 12}, "12 stage-2 epochs instead of 8 (1.5x the CPU time)"),
