@@ -23,7 +23,7 @@ repro: $(STAMP)
 	@test -d .git || (echo "drgrade: not a git repository; clone the project with git" >&2; exit 1)
 	$(BIN)/dvc repro
 
-# The real-photo preset (presets/real-cpu.yaml) as a DVC experiment in the workspace: about 13 min on 2
+# The real-photo preset (presets/real-cpu.yaml) as a DVC experiment in the workspace: 13-20 min on 2
 # CPU cores; leaves models/best_model.pth and results/ like `make repro`.
 real-cpu: $(STAMP)
 	@test -f $(REAL_DATA)/labels.csv || (echo "drgrade: $(REAL_DATA)/labels.csv not found; edit data.* in presets/real-cpu.yaml" >&2; exit 1)
