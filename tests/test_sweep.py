@@ -45,6 +45,17 @@ def test_markdown_adds_validation_columns_and_names_unfinished_runs():
     assert "not finished: ce-s1" in md
 
 
+def test_markdown_pairs_each_variant_with_the_preset_on_the_seeds_both_ran():
+    rows = [_row("preset", 1, auc=0.80), _row("preset", 2, auc=0.90),
+            _row("ce", 1, auc=0.83), _row("ce", 2, auc=0.86), _row("ce", 3, auc=0.99), _row("ben", 3)]
+    md = sweep.markdown(rows)
+    assert "Paired with `preset` on the same splits" in md
+    line = [x for x in md.splitlines() if x.startswith("| ce | 1, 2 |")][0]  # seed 3 has no preset run
+    assert line == "| ce | 1, 2 | -0.005 (-0.040 to +0.030) | -0.005 (-0.040 to +0.030) | +0.000 (+0.000 to +0.000) | 1 of 2 |"
+    assert not any(x.startswith("| ben | 3 |") for x in md.splitlines())  # no preset run on seed 3
+    assert "Paired with" not in sweep.markdown([_row("ce", 1), _row("ce", 2)])
+
+
 def test_render_merges_saved_rows_and_forgets_runs_finished_elsewhere(tmp_path, capsys):
     (tmp_path / "a.json").write_text(json.dumps([_row("preset", 1), _row("preset", 2, rc="skipped")]))
     (tmp_path / "b.json").write_text(json.dumps([_row("preset", 2, auc=0.6), _row("ce", 3, rc=-9)]))
