@@ -203,14 +203,12 @@ def paired(by_variant: dict[str, list[dict[str, Any]]], names: list[str], baseli
         runs = sorted((r for r in by_variant.get(name, []) if r["seed"] in base), key=lambda r: r["seed"])
         if not runs:
             continue
-        cells = []
-        for key in ("val_auc", "auc", "qwk"):
-            diffs = [r[key] - base[r["seed"]][key] for r in runs
-                     if r.get(key) is not None and base[r["seed"]].get(key) is not None]
-            cells.append(_delta(diffs) if diffs else "n/a")
-        up = sum(r["auc"] > base[r["seed"]]["auc"] for r in runs)
-        lines.append(f"| {name} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells)
-                     + f" | {up} of {len(runs)} |")
+        diffs = {key: [r[key] - base[r["seed"]][key] for r in runs
+                       if r.get(key) is not None and base[r["seed"]].get(key) is not None]
+                 for key in ("val_auc", "auc", "qwk")}
+        cells = [_delta(d) if d else "n/a" for d in diffs.values()]
+        up = f"{sum(d > 0 for d in diffs['auc'])} of {len(diffs['auc'])}"
+        lines.append(f"| {name} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + f" | {up} |")
     if not lines:
         return []
     return ["", f"Paired with `{baseline}` on the same splits: mean difference (range over splits)", "",
