@@ -80,7 +80,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     from dr_core.heads import num_outputs
 
     meta.setdefault("head", "classification")  # checkpoints written before heads existed
-    model = timm.create_model(meta["model_name"], pretrained=False,
+    meta.setdefault("global_pool", "avg")  # ... or before model.global_pool
+    model = timm.create_model(meta["model_name"], pretrained=False, global_pool=meta["global_pool"],
                               num_classes=num_outputs(meta["head"], meta["num_classes"]))
     result = model.load_state_dict(payload["model"], strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -18,6 +18,7 @@ LOSSES = ("ce", "weighted_ce", "focal", "regression", "ordinal")
 AUGMENTS = ("none", "basic", "advanced")
 AMP_MODES = ("auto", "fp16", "bf16")
 FREEZE_STRIDES = (0, 2, 4, 8, 16)
+GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax")  # timm's global pooling before the head
 BAD_IMAGE_POLICIES = ("error", "skip")
 PATIENT_SOURCES = ("auto", "eyepacs", "none")  # or the name of a CSV column
 DEVICES = ("auto", "cpu", "cuda")
@@ -109,6 +110,7 @@ class ModelConfig:
     pretrained_file: str = ""  # "" | path to .pth/.safetensors | "builtin"
     drop_rate: float = 0.2
     drop_path_rate: float = 0.1
+    global_pool: str = "avg"  # avg | max | avgmax | catavgmax (timm's pooling of the last feature map)
 
     def validate(self) -> None:
         import timm
@@ -121,6 +123,7 @@ class ModelConfig:
         _check(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "a fraction in [0, 1)")
         _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", self.drop_path_rate,
                "a fraction in [0, 1)")
+        _choice("model.global_pool", self.global_pool, GLOBAL_POOLS)
 
 
 @dataclass(frozen=True)

@@ -49,15 +49,20 @@ def num_outputs(head: str, num_classes: int) -> int:
     raise ValueError(f"unknown head {head!r}; valid: {list(HEADS)}")
 
 
+def _regression_scores(outputs: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Log-kernel ``(B, K)`` of the regression head: ``-(s - k)^2 / (2 sigma^2)`` for grades k;
+    its softmax is the grade distribution of :func:`to_probs`."""
+    grades = torch.arange(num_classes, device=outputs.device, dtype=torch.float32)
+    return -((outputs.reshape(-1, 1) - grades) ** 2) / (2 * REGRESSION_SIGMA ** 2)
+
+
 def to_probs(head: str, outputs: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Grade probabilities ``(B, K)`` (float32, rows sum to 1) from raw outputs."""
     outputs = outputs.float()
     if head == "classification":
         return outputs.softmax(-1)
-    grades = torch.arange(num_classes, device=outputs.device, dtype=torch.float32)
     if head == "regression":
-        dist = (outputs.reshape(-1, 1) - grades) ** 2
-        return (-dist / (2 * REGRESSION_SIGMA ** 2)).softmax(-1)
+        return _regression_scores(outputs, num_classes).softmax(-1)
     if head == "ordinal":
         at_least = torch.sigmoid(outputs).cummin(dim=-1).values  # P(>= 1) >= P(>= 2) >= ...
         ones = torch.ones_like(at_least[:, :1])
@@ -86,8 +91,7 @@ def referable_logit(head: str, outputs: torch.Tensor, num_classes: int, referabl
     if head == "classification":
         scores = outputs
     elif head == "regression":
-        grades = torch.arange(num_classes, device=outputs.device, dtype=torch.float32)
-        scores = -((outputs.reshape(-1, 1) - grades) ** 2) / (2 * REGRESSION_SIGMA ** 2)
+        scores = _regression_scores(outputs, num_classes)
     else:
         raise ValueError(f"unknown head {head!r}; valid: {list(HEADS)}")
     log_p = scores.log_softmax(-1)

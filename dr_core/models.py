@@ -119,7 +119,8 @@ def build_model(cfg: ModelConfig, outputs: int | None = None) -> nn.Module:
     Weights: ``pretrained_file`` ("builtin" or a path) wins over ``pretrained`` (timm's hub).
     """
     outputs = cfg.num_classes if outputs is None else outputs
-    kwargs = dict(num_classes=outputs, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
+    kwargs = dict(num_classes=outputs, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
+                  global_pool=cfg.global_pool)
     if cfg.pretrained_file:
         model = timm.create_model(cfg.name, pretrained=False, **kwargs)
         if cfg.pretrained_file == BUILTIN:

@@ -47,6 +47,26 @@ def test_builtin_weights_get_a_new_head():
     assert torch.equal(model.state_dict()["conv_stem.weight"], ref["conv_stem.weight"])
 
 
+@pytest.mark.parametrize("pool, width", [("avg", 1280), ("avgmax", 1280), ("catavgmax", 2560)])
+def test_global_pool_reaches_the_head_and_survives_a_checkpoint(tmp_path, pool, width):
+    from dr_core.checkpoint import load_checkpoint, save_checkpoint
+
+    model = build_model(ModelConfig(pretrained_file="builtin", global_pool=pool), outputs=1).eval()
+    assert model.get_classifier().in_features == width
+    x = torch.rand(2, 3, 96, 96)
+    feats = model.forward_features(x)
+    expected = {"avg": feats.mean((2, 3)), "avgmax": 0.5 * (feats.mean((2, 3)) + feats.amax((2, 3))),
+                "catavgmax": torch.cat([feats.mean((2, 3)), feats.amax((2, 3))], 1)}[pool]
+    with torch.no_grad():
+        assert torch.allclose(model(x), model.get_classifier()(expected), atol=1e-5)
+    meta = {"model_name": "tf_efficientnet_lite0", "num_classes": 5, "head": "regression", "global_pool": pool,
+            "image_size": 96, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": {}, "class_names": []}
+    save_checkpoint(tmp_path / "m.pth", model, meta)
+    loaded, _ = load_checkpoint(tmp_path / "m.pth")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
 def test_builtin_refuses_another_architecture():
     with pytest.raises(WeightsError, match="model.name is 'resnet18'"):
         build_model(ModelConfig(name="resnet18", pretrained_file="builtin"))
