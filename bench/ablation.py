@@ -61,6 +61,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
                       "train.lr_stage2": 0.0000625, "train.backbone_lr_mult": 8.0},
                      "catavgmax with the head's learning rates / 8 (its max-pooled inputs are ~8x "
                      "larger), backbone's kept"),
+    "gem": ({"model.global_pool": "gem"},
+            "generalised-mean pooling (p = 3, learned) instead of the average: between average and max"),
     "no_dropout": ({"model.drop_rate": 0.0, "model.drop_path_rate": 0.0},
                    "no dropout before the head and no drop-path (0.2 and 0.1 in the preset)"),
     "backbone_lr_0.3": ({"train.backbone_lr_mult": 0.3}, "stage-2 backbone learning rate x0.3"),

@@ -78,11 +78,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: architecture {meta['model_name']!r} is unknown to this timm "
                               f"version ({timm.__version__})")
     from dr_core.heads import num_outputs
+    from dr_core.models import create_timm
 
     meta.setdefault("head", "classification")  # checkpoints written before heads existed
     meta.setdefault("global_pool", "avg")  # ... or before model.global_pool
-    model = timm.create_model(meta["model_name"], pretrained=False, global_pool=meta["global_pool"],
-                              num_classes=num_outputs(meta["head"], meta["num_classes"]))
+    model = create_timm(meta["model_name"], pretrained=False, global_pool=meta["global_pool"],
+                        num_classes=num_outputs(meta["head"], meta["num_classes"]))
     result = model.load_state_dict(payload["model"], strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(

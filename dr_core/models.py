@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import timm
@@ -27,6 +28,44 @@ BUILTIN_ARCH = "tf_efficientnet_lite0"  # the default model
 
 class WeightsError(RuntimeError):
     """Pretrained weights could not be found, downloaded or matched to the model."""
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling: ``mean(x ** p) ** (1 / p)`` over each feature map, ``p`` learned.
+
+    ``p = 1`` is the average and ``p -> inf`` the maximum; between them a few strong responses (a
+    handful of lesions) count for more than in the average without the maximum's scale. Inputs are
+    clamped at ``eps`` (the fractional power needs them positive).
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p.clamp(min=1.0)
+        return x.clamp(min=self.eps).pow(p).mean((2, 3)).pow(1.0 / p)
+
+    def extra_repr(self) -> str:
+        return f"p={float(self.p):.3f}, eps={self.eps}"
+
+
+def attach_gem(model: nn.Module) -> nn.Module:
+    """Replace a timm model's global pooling by :class:`GeM` (same width, so the head still fits)."""
+    pool = getattr(model, "global_pool", None)
+    if not isinstance(pool, timm.layers.SelectAdaptivePool2d) or not pool.flatten:
+        raise ValueError(f"model.global_pool=gem: {type(model).__name__} has no timm SelectAdaptivePool2d to "
+                         "replace; use avg, max, avgmax or catavgmax")
+    model.global_pool = GeM()
+    return model
+
+
+def create_timm(name: str, global_pool: str = "avg", **kwargs) -> nn.Module:
+    """``timm.create_model`` with one more pooling choice, ``gem``; the others are timm's own."""
+    if global_pool == "gem":
+        return attach_gem(timm.create_model(name, global_pool="avg", **kwargs))
+    return timm.create_model(name, global_pool=global_pool, **kwargs)
 
 
 def builtin_state_dict(arch: str = BUILTIN_ARCH) -> dict[str, torch.Tensor]:
@@ -121,6 +160,8 @@ def build_model(cfg: ModelConfig, outputs: int | None = None) -> nn.Module:
     outputs = cfg.num_classes if outputs is None else outputs
     kwargs = dict(num_classes=outputs, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
                   global_pool=cfg.global_pool)
+    if cfg.global_pool == "gem":  # the weights fill timm's model first; GeM's p starts at 3
+        return attach_gem(build_model(replace(cfg, global_pool="avg"), outputs))
     if cfg.pretrained_file:
         model = timm.create_model(cfg.name, pretrained=False, **kwargs)
         if cfg.pretrained_file == BUILTIN:

@@ -47,7 +47,7 @@ def test_builtin_weights_get_a_new_head():
     assert torch.equal(model.state_dict()["conv_stem.weight"], ref["conv_stem.weight"])
 
 
-@pytest.mark.parametrize("pool, width", [("avg", 1280), ("avgmax", 1280), ("catavgmax", 2560)])
+@pytest.mark.parametrize("pool, width", [("avg", 1280), ("avgmax", 1280), ("catavgmax", 2560), ("gem", 1280)])
 def test_global_pool_reaches_the_head_and_survives_a_checkpoint(tmp_path, pool, width):
     from dr_core.checkpoint import load_checkpoint, save_checkpoint
 
@@ -56,7 +56,8 @@ def test_global_pool_reaches_the_head_and_survives_a_checkpoint(tmp_path, pool, 
     x = torch.rand(2, 3, 96, 96)
     feats = model.forward_features(x)
     expected = {"avg": feats.mean((2, 3)), "avgmax": 0.5 * (feats.mean((2, 3)) + feats.amax((2, 3))),
-                "catavgmax": torch.cat([feats.mean((2, 3)), feats.amax((2, 3))], 1)}[pool]
+                "catavgmax": torch.cat([feats.mean((2, 3)), feats.amax((2, 3))], 1),
+                "gem": feats.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)}[pool]
     with torch.no_grad():
         assert torch.allclose(model(x), model.get_classifier()(expected), atol=1e-5)
     meta = {"model_name": "tf_efficientnet_lite0", "num_classes": 5, "head": "regression", "global_pool": pool,
@@ -65,6 +66,36 @@ def test_global_pool_reaches_the_head_and_survives_a_checkpoint(tmp_path, pool, 
     loaded, _ = load_checkpoint(tmp_path / "m.pth")
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
+def test_gem_keeps_the_pretrained_backbone_and_learns_its_power(tmp_path):
+    from dr_core.checkpoint import load_checkpoint, save_checkpoint
+    from dr_core.models import GeM
+
+    model = build_model(ModelConfig(pretrained_file="builtin", global_pool="gem"), outputs=1)
+    assert isinstance(model.global_pool, GeM)
+    assert torch.equal(model.state_dict()["conv_stem.weight"], builtin_state_dict()["conv_stem.weight"])
+    # between the average and the maximum of each map
+    feats = torch.rand(2, 4, 5, 5)
+    pooled = model.global_pool(feats)
+    assert (pooled > feats.mean((2, 3))).all() and (pooled < feats.amax((2, 3))).all()
+    # p gets a gradient and a checkpoint keeps its trained value
+    model(torch.rand(2, 3, 64, 64)).sum().backward()
+    assert model.global_pool.p.grad is not None and model.global_pool.p.grad != 0
+    with torch.no_grad():
+        model.global_pool.p.fill_(4.5)
+    meta = {"model_name": "tf_efficientnet_lite0", "num_classes": 5, "head": "regression", "global_pool": "gem",
+            "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": {}, "class_names": []}
+    save_checkpoint(tmp_path / "m.pth", model, meta)
+    loaded, _ = load_checkpoint(tmp_path / "m.pth")
+    assert float(loaded.global_pool.p) == 4.5
+
+
+def test_gem_refuses_a_model_without_timm_pooling():
+    from dr_core.models import attach_gem
+
+    with pytest.raises(ValueError, match="model.global_pool=gem: .*use avg"):
+        attach_gem(torch.nn.Linear(2, 2))
 
 
 def test_builtin_refuses_another_architecture():
