@@ -19,6 +19,7 @@ AUGMENTS = ("none", "basic", "advanced")
 AMP_MODES = ("auto", "fp16", "bf16")
 FREEZE_STRIDES = (0, 2, 4, 8, 16)
 GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax", "gem")  # timm's global pooling before the head, or GeM
+FELLOW_EYE_SCOPES = ("referable", "all")  # what fellow-eye blending decides (dr_core/eyes.py)
 BAD_IMAGE_POLICIES = ("error", "skip")
 PATIENT_SOURCES = ("auto", "eyepacs", "none")  # or the name of a CSV column
 DEVICES = ("auto", "cpu", "cuda")
@@ -217,9 +218,11 @@ class EvaluateConfig:
     batch_size: int = 64
     grade_rule: str = "argmax"  # argmax | qwk: cut-points on the expected grade tuned on val for QWK
     fellow_eye_weight: float = 0.0  # blend each photo's probabilities with the patient's other eye
+    fellow_eye_scope: str = "referable"  # referable: the blend sets the referable score only | all: grades too
 
     def validate(self) -> None:
         _choice("evaluate.grade_rule", self.grade_rule, ("argmax", "qwk"))
+        _choice("evaluate.fellow_eye_scope", self.fellow_eye_scope, FELLOW_EYE_SCOPES)
         _check(0.0 <= self.fellow_eye_weight < 1.0, "evaluate.fellow_eye_weight", self.fellow_eye_weight,
                "a fraction in [0, 1)")
         _choice("evaluate.operating_point", self.operating_point, ("sensitivity", "youden"))

@@ -26,7 +26,7 @@ import torch
 
 from dr_core.config import DataConfig, EvaluateConfig, PreprocessConfig, load_params
 from dr_core.dataset import load_cache
-from dr_core.eyes import blend_fellow_eyes
+from dr_core.eyes import fellow_eye_predictions
 from dr_core.inference import predict_probs
 from dr_core.checkpoint import load_checkpoint
 from dr_core.report import choose_cutpoints, choose_threshold, write_evaluation
@@ -38,16 +38,14 @@ def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: Evalu
                     seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """The evaluate stage: threshold chosen on cached val, metrics on cached test."""
     model, meta = load_checkpoint(model_path)
-    probs = {}
-    rows = {}
+    probs, scores, rows = {}, {}, {}
     for split in ("val", "test"):
         images, rows[split] = load_cache(cache_dir, split)
         log.info("predicting %d %s images%s", len(images), split, " with TTA" if cfg.tta else "")
-        probs[split] = blend_fellow_eyes(predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta),
-                                         rows[split]["patient"].tolist(), cfg.fellow_eye_weight)
+        probs[split], scores[split] = _predict(model, images, meta, rows[split]["patient"].tolist(), cfg, device)
     val_grades = rows["val"]["grade"].to_numpy()
     cutpoints = choose_cutpoints(val_grades, probs["val"], cfg)
-    point = choose_threshold(val_grades, probs["val"], cfg, cutpoints)
+    point = choose_threshold(val_grades, probs["val"], cfg, cutpoints, scores["val"])
     point["grade_cutpoints"] = cutpoints
     point["model"] = str(model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +53,15 @@ def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: Evalu
     test = rows["test"]
     return write_evaluation(out_dir, test["id"].tolist(), test["patient"].tolist(), test["grade"].to_numpy(),
                             probs["test"], point["threshold"], cfg, meta["class_names"], "test", seed,
-                            operating_point=point, cutpoints=point["grade_cutpoints"])
+                            operating_point=point, cutpoints=point["grade_cutpoints"], score=scores["test"])
+
+
+def _predict(model: torch.nn.Module, images: np.ndarray, meta: dict[str, Any], patients: list,
+             cfg: EvaluateConfig, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Grade probabilities and referable score of each photo, with the fellow eye's evidence."""
+    probs = predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta)
+    return fellow_eye_predictions(probs, patients, cfg.fellow_eye_weight, cfg.fellow_eye_scope,
+                                  cfg.referable_grade)
 
 
 def load_raw_images(files: list[str], img_dir: Path, preprocess: PreprocessConfig) -> np.ndarray:
@@ -90,10 +96,10 @@ def evaluate_folder(labels_csv: Path, img_dir: Path, model_path: Path, out_dir: 
     out_dir.mkdir(parents=True, exist_ok=True)
     bad[["id", "file", "reason"]].to_csv(out_dir / "bad_images.csv", index=False)
     images = load_raw_images(rows["file"].tolist(), img_dir, PreprocessConfig(**meta["preprocess"]))
-    probs = blend_fellow_eyes(predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta),
-                              rows["patient"].tolist(), cfg.fellow_eye_weight)
+    probs, score = _predict(model, images, meta, rows["patient"].tolist(), cfg, device)
     return write_evaluation(out_dir, rows["id"].tolist(), rows["patient"].tolist(), rows["grade"].to_numpy(),
-                            probs, threshold, cfg, meta["class_names"], "external", seed, cutpoints=cutpoints)
+                            probs, threshold, cfg, meta["class_names"], "external", seed, cutpoints=cutpoints,
+                            score=score)
 
 
 def _operating_point(args: argparse.Namespace) -> tuple[float, list[float] | None]:

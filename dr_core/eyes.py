@@ -1,17 +1,23 @@
-"""Both eyes of a patient: blend each photo's grade distribution with its fellow eye's.
+"""Both eyes of a patient: blend each photo's prediction with its fellow eye's.
 
 Diabetic retinopathy is a systemic disease, so the two eyes of a patient are usually graded alike;
 the best EyePACS Kaggle solutions used the other eye's prediction as evidence. With weight ``w``
 each photo's probabilities become ``(1 - w) * p_self + w * mean(p_other photos of the patient)``;
-a photo whose patient has no other photo keeps its own. Rows still sum to 1, so every metric and
-the referable score apply unchanged. Applied to validation and test alike, before the grade
-cut-points and the referable threshold are chosen on validation.
+a photo whose patient has no other photo keeps its own. Rows still sum to 1.
+
+``scope`` says what the blend decides: ``referable`` blends only the referable-DR score (the
+probability of grade >= the referable grade) and leaves each photo's grade to its own eye;
+``all`` uses the blended distribution for the grade too. Applied to validation and test alike,
+before the grade cut-points and the referable threshold are chosen on validation.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+
+from dr_core.config import FELLOW_EYE_SCOPES
+from dr_core.metrics import referable_score
 
 
 def blend_fellow_eyes(probs: np.ndarray, patients: Sequence, weight: float) -> np.ndarray:
@@ -31,3 +37,13 @@ def blend_fellow_eyes(probs: np.ndarray, patients: Sequence, weight: float) -> n
     others = counts - 1
     fellow = np.divide(sums[group] - probs, others, out=probs.copy(), where=others > 0)
     return (1 - weight) * probs + weight * fellow
+
+
+def fellow_eye_predictions(probs: np.ndarray, patients: Sequence, weight: float, scope: str,
+                           referable_grade: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grade probabilities ``(N, K)`` and referable score ``(N,)`` after blending (see the module)."""
+    if scope not in FELLOW_EYE_SCOPES:
+        raise ValueError(f"fellow-eye scope must be one of {FELLOW_EYE_SCOPES}, got {scope!r}")
+    blended = blend_fellow_eyes(probs, patients, weight)
+    grades = blended if scope == "all" else np.asarray(probs, dtype=np.float64)
+    return grades, referable_score(blended, referable_grade)

@@ -120,6 +120,16 @@ def referable_score(probs: np.ndarray, referable_grade: int) -> np.ndarray:
     return np.asarray(probs, dtype=np.float64)[:, referable_grade:].sum(axis=1)
 
 
+def resolve_referable_score(probs: np.ndarray, referable_grade: int, score: np.ndarray | None) -> np.ndarray:
+    """``score`` when given (checked against ``probs``' rows), else the one ``probs`` imply."""
+    if score is None:
+        return referable_score(probs, referable_grade)
+    score = np.asarray(score, dtype=np.float64)
+    if score.shape != (len(probs),):
+        raise ValueError(f"referable score has shape {score.shape}, expected ({len(probs)},)")
+    return score
+
+
 def sensitivity_specificity(y_ref: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, float]:
     """Sensitivity and specificity of ``score >= threshold``; ``NaN`` where a class is absent."""
     y_ref = np.asarray(y_ref, dtype=bool)
@@ -218,7 +228,7 @@ def validate_predictions(y_true: np.ndarray, probs: np.ndarray, patients: Sequen
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, patients: Sequence, threshold: float,
                     referable_grade: int = 2, n_bootstrap: int = 1000, seed: int = 0,
                     class_names: Sequence[str] | None = None, alpha: float = 0.05,
-                    y_pred: np.ndarray | None = None) -> dict[str, Any]:
+                    y_pred: np.ndarray | None = None, score: np.ndarray | None = None) -> dict[str, Any]:
     """Every test-split number in one flat, JSON-ready dict (``NaN`` becomes ``None``).
 
     Args:
@@ -232,6 +242,7 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, patients: Sequence, t
         class_names: one name per grade; defaults to :func:`grade_names`.
         alpha: 0.05 gives 95% intervals.
         y_pred: predicted grades ``(N,)``; default the argmax of ``probs``.
+        score: referable-DR score ``(N,)``; default :func:`referable_score` of ``probs``.
 
     Returns:
         Scalars (``qwk``, ``accuracy``, ``referable_auc``, ... and ``<metric>_ci_low``/
@@ -251,7 +262,7 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, patients: Sequence, t
     if y_pred.shape != y_true.shape:
         raise ValueError(f"y_pred has shape {y_pred.shape}, y_true {y_true.shape}")
     y_ref = referable_labels(y_true, referable_grade)
-    score = referable_score(probs, referable_grade)
+    score = resolve_referable_score(probs, referable_grade, score)
     called = score >= threshold
 
     def headline(idx: np.ndarray) -> dict[str, float]:

@@ -20,7 +20,7 @@ from dr_core.calibration import DEFAULT_BINS, reliability_bins
 from dr_core.config import EvaluateConfig
 from dr_core.cutpoints import decide_grades, expected_grade, optimize_cutpoints
 from dr_core.metrics import (binary_auc, choose_operating_point, compute_metrics, confusion_matrix, grade_names,
-                             quadratic_weighted_kappa, referable_labels, referable_score,
+                             quadratic_weighted_kappa, referable_labels, resolve_referable_score,
                              sensitivity_specificity, to_jsonable, validate_predictions)
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,13 @@ OUTPUT_FILES = ("metrics.json", "classification_report.txt", "confusion_matrix.p
 
 
 def choose_threshold(val_y_true: np.ndarray, val_probs: np.ndarray, cfg: EvaluateConfig,
-                     cutpoints: Sequence[float] | None = None) -> dict[str, Any]:
+                     cutpoints: Sequence[float] | None = None, val_score: np.ndarray | None = None
+                     ) -> dict[str, Any]:
     """The referable-DR operating point, chosen on validation only (JSON-ready).
 
     Args:
         cutpoints: the grade rule in use (:func:`choose_cutpoints`; ``None`` = argmax), for ``val_qwk``.
+        val_score: the referable score, when it is not the one ``val_probs`` imply (fellow-eye blending).
 
     Returns:
         ``threshold`` (call referable when the score is at least this), how it was chosen
@@ -44,7 +46,7 @@ def choose_threshold(val_y_true: np.ndarray, val_probs: np.ndarray, cfg: Evaluat
     """
     val_y_true, val_probs = validate_predictions(val_y_true, val_probs, name="val")
     y_ref = referable_labels(val_y_true, cfg.referable_grade)
-    score = referable_score(val_probs, cfg.referable_grade)
+    score = resolve_referable_score(val_probs, cfg.referable_grade, val_score)
     threshold = choose_operating_point(y_ref, score, cfg.operating_point, cfg.target_sensitivity)
     sens, spec = sensitivity_specificity(y_ref, score, threshold)
     log.info("operating point (%s) on val: referable score >= %.4f, sensitivity %.3f, specificity %.3f "
@@ -79,7 +81,8 @@ def write_evaluation(out_dir: str | Path, ids: Sequence, patients: Sequence, y_t
                      probs: np.ndarray, threshold: float, cfg: EvaluateConfig,
                      class_names: Sequence[str] | None = None, prefix: str | None = "test", seed: int = 0,
                      operating_point: Mapping[str, Any] | None = None,
-                     cutpoints: Sequence[float] | None = None) -> dict[str, Any]:
+                     cutpoints: Sequence[float] | None = None, score: np.ndarray | None = None
+                     ) -> dict[str, Any]:
     """Score one split at a fixed referable threshold and write every output.
 
     Args:
@@ -96,6 +99,7 @@ def write_evaluation(out_dir: str | Path, ids: Sequence, patients: Sequence, y_t
             it; its validation numbers then appear in the report and metrics.json.
         cutpoints: grade cut-points on the expected grade (:func:`choose_cutpoints`); ``None``
             predicts the most probable grade.
+        score: the referable score, when it is not the one ``probs`` imply (fellow-eye blending).
 
     Returns:
         The metrics (unprefixed) as written to metrics.json.
@@ -110,7 +114,7 @@ def write_evaluation(out_dir: str | Path, ids: Sequence, patients: Sequence, y_t
     names = list(class_names) if class_names is not None else grade_names(probs.shape[1])
     y_pred = decide_grades(probs, cutpoints)
     metrics = compute_metrics(y_true, probs, patients, threshold, cfg.referable_grade, cfg.bootstrap,
-                              seed, names, y_pred=y_pred)
+                              seed, names, y_pred=y_pred, score=score)
     # QWK of the most probable grade too, so that grade rules can be compared on one run
     metrics["qwk_argmax"] = to_jsonable(quadratic_weighted_kappa(y_true, probs.argmax(axis=1), probs.shape[1]))
     if operating_point is not None:
@@ -124,7 +128,7 @@ def write_evaluation(out_dir: str | Path, ids: Sequence, patients: Sequence, y_t
     with (out_dir / "metrics.json").open("w") as fh:
         json.dump({prefix: metrics} if prefix else metrics, fh, indent=2)
         fh.write("\n")
-    score = referable_score(probs, cfg.referable_grade)
+    score = resolve_referable_score(probs, cfg.referable_grade, score)
     _write_predictions(out_dir / "predictions.csv", ids, patients, y_true, y_pred, probs, score, threshold)
     (out_dir / "classification_report.txt").write_text(
         format_report(metrics, y_true, y_pred, names, prefix or "evaluated", operating_point))

@@ -44,6 +44,7 @@ def test_every_guide_flag_has_a_param():
     ({"train": {"batch_size": 2.5}}, r"train.batch_size: got 2.5, expected an integer"),
     ({"train": {"two_stage": "yes"}}, r"train.two_stage: got 'yes', expected true or false"),
     ({"model": {"name": "resnet5O"}}, r"model.name: timm does not know 'resnet5O'.*resnet50"),
+    ({"evaluate": {"fellow_eye_scope": "grades"}}, r"evaluate.fellow_eye_scope: got 'grades'.*\['referable', 'all'\]"),
     ({"model": {"global_pool": "sum"}}, r"model.global_pool: got 'sum'.*\['avg', 'max', 'avgmax', 'catavgmax', 'gem'\]"),
     ({"split": {"val": 0.6, "test": 0.5}}, r"split.val \+ split.test"),
     ({"data": {"on_bad_image": "ignore"}}, r"data.on_bad_image: got 'ignore'"),

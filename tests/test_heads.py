@@ -91,6 +91,38 @@ def test_train_and_evaluate_with_a_non_classification_head(fake_cache, tmp_path,
     point = json.loads((tmp_path / "results" / "operating_point.json").read_text())
     assert len(point["grade_cutpoints"]) == 4 and np.all(np.diff(point["grade_cutpoints"]) > 0)
     assert -1 <= metrics["qwk"] <= 1 and "qwk_argmax" in metrics
+    if loss == "regression":
+        _check_fellow_eye_scopes(fake_cache, tmp_path, params.evaluate, metrics)
+
+
+def _check_fellow_eye_scopes(cache, tmp_path, cfg, alone):
+    """Both eyes of each patient: ``referable`` moves the referable score only, ``all`` the grades too."""
+    import dataclasses
+
+    import pandas as pd
+
+    from dr_core.evaluate import evaluate_cached
+
+    for split in ("val", "test"):
+        table = pd.read_csv(cache / f"{split}.csv")
+        table["patient"] = [f"{split}{i // 2}" for i in range(len(table))]
+        table.to_csv(cache / f"{split}.csv", index=False)
+    model = tmp_path / "models" / "best_model.pth"
+    out = {}
+    for scope in ("referable", "all"):
+        cfg_scope = dataclasses.replace(cfg, fellow_eye_weight=0.5, fellow_eye_scope=scope)
+        out[scope] = evaluate_cached(model, cache, tmp_path / scope, cfg_scope)
+    own = pd.read_csv(tmp_path / "results" / "predictions.csv")
+    ref = pd.read_csv(tmp_path / "referable" / "predictions.csv")
+    both = pd.read_csv(tmp_path / "all" / "predictions.csv")
+    # each eye keeps its own grade and probabilities; the referable score is the blended one
+    assert out["referable"]["qwk"] == alone["qwk"]
+    assert (ref["pred_grade"] == own["pred_grade"]).all() and np.allclose(ref["prob_0"], own["prob_0"])
+    assert np.allclose(ref["referable_score"], both["referable_score"])
+    assert out["referable"]["referable_auc"] == out["all"]["referable_auc"]
+    pair = own["referable_score"].to_numpy().reshape(-1, 2)
+    assert np.allclose(ref["referable_score"].to_numpy().reshape(-1, 2), 0.5 * pair + 0.5 * pair[:, ::-1], atol=1e-6)
+    assert not np.allclose(both["prob_0"], own["prob_0"])
 
 
 def test_fellow_eye_blend_mixes_only_within_a_patient():
@@ -104,3 +136,19 @@ def test_fellow_eye_blend_mixes_only_within_a_patient():
     assert np.array_equal(blend_fellow_eyes(probs, ["7", "7", "8"], 0.0), probs)
     with pytest.raises(ValueError, match="weight"):
         blend_fellow_eyes(probs, ["7", "7", "8"], 1.0)
+
+
+def test_fellow_eye_scope_decides_what_the_blend_changes():
+    from dr_core.eyes import fellow_eye_predictions
+
+    probs = np.array([[0.9, 0.1, 0, 0, 0], [0, 0, 0.2, 0.8, 0], [0, 0, 1.0, 0, 0]])
+    patients = ["7", "7", "8"]
+    grades, score = fellow_eye_predictions(probs, patients, 0.5, "referable", referable_grade=2)
+    assert np.array_equal(grades, probs)
+    assert np.allclose(score, [0.5, 0.5, 1.0])
+    grades, score = fellow_eye_predictions(probs, patients, 0.5, "all", referable_grade=2)
+    assert np.allclose(grades[0], [0.45, 0.05, 0.1, 0.4, 0]) and np.allclose(score, [0.5, 0.5, 1.0])
+    grades, score = fellow_eye_predictions(probs, patients, 0.0, "referable", referable_grade=3)
+    assert np.array_equal(grades, probs) and np.allclose(score, [0, 0.8, 0])
+    with pytest.raises(ValueError, match="scope"):
+        fellow_eye_predictions(probs, patients, 0.5, "grades", referable_grade=2)

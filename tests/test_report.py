@@ -132,6 +132,27 @@ def test_val_qwk_follows_the_grade_rule_and_reaches_metrics_json(tmp_path: Path)
     assert "validation AUC" in (tmp_path / "classification_report.txt").read_text()
 
 
+def test_a_given_referable_score_replaces_the_one_probs_imply(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    y, probs = fake_split(60, rng)
+    val_y, val_probs = fake_split(50, rng)
+    cfg = EvaluateConfig(bootstrap=0)
+    val_score, score = rng.random(50), rng.random(60)
+    point = choose_threshold(val_y, val_probs, cfg, val_score=val_score)
+    assert point["val_auc"] == pytest.approx(roc_auc_score(val_y >= 2, val_score), abs=1e-6)
+    metrics = write_evaluation(tmp_path, list(range(60)), list(range(60)), y, probs, point["threshold"], cfg,
+                               operating_point=point, score=score)
+    plain = write_evaluation(tmp_path / "plain", list(range(60)), list(range(60)), y, probs, point["threshold"],
+                             cfg, operating_point=point)
+    assert metrics["referable_auc"] == pytest.approx(roc_auc_score(y >= 2, score), abs=1e-6)
+    assert metrics["referable_auc"] != plain["referable_auc"] and metrics["qwk"] == plain["qwk"]
+    table = pd.read_csv(tmp_path / "predictions.csv")
+    assert np.allclose(table["referable_score"], score, atol=1e-6)
+    assert (table["referable_pred"] == (score >= point["threshold"])).all()
+    with pytest.raises(ValueError, match="referable score has shape"):
+        write_evaluation(tmp_path, list(range(60)), list(range(60)), y, probs, 0.5, cfg, score=score[:10])
+
+
 def test_report_text_has_the_referable_block(evaluation) -> None:
     out, metrics, _ = evaluation
     text = (out / "classification_report.txt").read_text()
