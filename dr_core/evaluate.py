@@ -9,7 +9,8 @@ applying the checkpoint's own preprocessing::
 It writes the same files as the stage. Metric names are nested under ``external`` instead of
 ``test`` (so ``external.qwk``), keeping both kinds of result apart in ``dvc metrics show``.
 The referable-DR threshold is never tuned on the evaluated photos: it comes from
-``--threshold`` or from the pipeline's ``results/operating_point.json`` (chosen on val).
+``--threshold`` or from the pipeline's ``results/operating_point.json`` (chosen on val), whose
+fellow-eye blending (``evaluate.fellow_eye_weight`` and ``_scope``) is then applied too.
 """
 from __future__ import annotations
 
@@ -115,6 +116,20 @@ def _operating_point(args: argparse.Namespace) -> tuple[float, list[float] | Non
     return float(point["threshold"]), point.get("grade_cutpoints")
 
 
+def follow_fellow_eye(cfg: EvaluateConfig, point_path: Path) -> EvaluateConfig:
+    """``cfg`` with the fellow-eye blending of the operating point the threshold comes from, so that
+    scores are made as the threshold's were (operating points of older versions: ``cfg`` as is)."""
+    point = json.loads(point_path.read_text()) if point_path.exists() else {}
+    if "fellow_eye_weight" not in point:
+        return cfg
+    chosen = dataclasses.replace(cfg, fellow_eye_weight=float(point["fellow_eye_weight"]),
+                                 fellow_eye_scope=str(point.get("fellow_eye_scope", "referable")))
+    if chosen != cfg:
+        log.info("fellow-eye blending as when %s was chosen: weight %.2f, scope %s", point_path,
+                 chosen.fellow_eye_weight, chosen.fellow_eye_scope)
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a drgrade checkpoint on a labelled folder "
                                                  "(APTOS or EyePACS layout).")
@@ -126,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="referable-DR score cut-off; default: from --operating-point")
     parser.add_argument("--operating-point", type=Path, default=Path("results/operating_point.json"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="evaluate/data settings (bootstrap, TTA, column names); defaults if absent")
+                        help="evaluate/data settings (bootstrap, TTA, column names); defaults if absent. "
+                             "Fellow-eye blending follows the operating point when it records one")
     parser.add_argument("--tta", action="store_true", help="average the 8 dihedral views")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -143,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         threshold, cutpoints = _operating_point(args)
+        if args.threshold is None:
+            cfg = follow_fellow_eye(cfg, args.operating_point)
         metrics = evaluate_folder(args.labels_csv, args.img_dir, args.model_path, args.output_dir, cfg,
                                   threshold, data, args.device, seed, cutpoints)
     except (DataError, CheckpointError, OSError, ValueError) as err:

@@ -6,12 +6,16 @@
 
 Each photo goes through the checkpoint's own preprocessing (crop, CLAHE, ... as cached for
 training), then its resize and normalisation, so raw photos are graded exactly as the test split was.
+When the operating point was chosen with fellow-eye blending (``evaluate.fellow_eye_weight``), the
+same blending is applied across the photos given, pairing EyePACS names (``10_left``/``10_right``);
+Grad-CAM captions show each photo's own score.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +31,8 @@ from dr_core.augment import build_transforms, to_tensor
 from dr_core.checkpoint import CheckpointError, load_checkpoint
 from dr_core.config import PreprocessConfig
 from dr_core.cutpoints import decide_grades
+from dr_core.eyes import fellow_eye_predictions
+from dr_core.ingest import EYEPACS_ID
 from dr_core.gradcam import feature_module, grad_cam, side_by_side
 from dr_core.inference import predict_probs
 from dr_core.metrics import referable_score
@@ -172,6 +178,50 @@ def cutpoints_from(path: Path) -> list[float] | None:
     return [float(c) for c in cuts] if isinstance(cuts, list) else None
 
 
+def fellow_eye_from(path: Path) -> tuple[float, str]:
+    """``fellow_eye_weight`` and ``fellow_eye_scope`` of an ``operating_point.json`` (0: none)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return 0.0, "referable"
+    if not isinstance(data, dict):
+        return 0.0, "referable"
+    return float(data.get("fellow_eye_weight", 0.0)), str(data.get("fellow_eye_scope", "referable"))
+
+
+def photo_patient(file: str) -> str:
+    """The patient of an EyePACS-named photo (``10_left.jpeg`` -> ``10``); else the photo itself."""
+    stem = Path(file).stem
+    match = re.fullmatch(EYEPACS_ID, stem, flags=re.IGNORECASE)
+    return match.group(1) if match else stem
+
+
+def blend_fellow_eyes_table(table: pd.DataFrame, weight: float, scope: str, threshold: float,
+                            referable_grade: int, names: Sequence[str],
+                            cutpoints: Sequence[float] | None = None) -> pd.DataFrame:
+    """Apply the evaluation's fellow-eye blending to :func:`predict_photos`' table: photos named
+    ``<patient>_left`` / ``<patient>_right`` are one patient; other photos keep their own score.
+    Adds a ``patient`` column."""
+    table = table.copy()
+    table.insert(1, "patient", [photo_patient(f) for f in table["file"]])
+    cols = [f"prob_{k}" for k in range(len(names))]
+    probs, score = fellow_eye_predictions(table[cols].to_numpy(), table["patient"].tolist(), weight, scope,
+                                          referable_grade)
+    alone = int((table["patient"].map(table["patient"].value_counts()) == 1).sum())
+    log.info("fellow-eye blending as at evaluation (weight %.2f, scope %s): %d of %d photo(s) have a fellow "
+             "eye (EyePACS names <patient>_left/_right)", weight, scope, len(table) - alone, len(table))
+    if alone:
+        log.warning("%d photo(s) have no fellow eye among the input: their referable score is their own, "
+                    "while the threshold was chosen on blended scores", alone)
+    table["referable_score"] = score
+    table["referable"] = score >= threshold
+    if scope == "all":
+        table[cols] = probs
+        table["grade"] = decide_grades(probs, cutpoints)
+        table["grade_name"] = [names[g] for g in table["grade"]]
+    return table
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dr_core.predict", description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", type=Path, required=True, help="checkpoint (models/best_model.pth)")
@@ -210,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             referable_grade=referable_grade, batch_size=args.batch_size, device=device, tta=args.tta,
             on_error=args.on_error, gradcam_dir=args.gradcam_dir,
             cutpoints=cutpoints_from(args.threshold_from) if args.threshold_from else None)
+        weight, scope = fellow_eye_from(args.threshold_from) if args.threshold_from else (0.0, "referable")
+        if weight > 0 and not table.empty:
+            table = blend_fellow_eyes_table(table, weight, scope, threshold, referable_grade, meta["class_names"],
+                                            cutpoints_from(args.threshold_from))
     except (CheckpointError, PhotoError, FileNotFoundError, ValueError) as err:
         log.error("%s", err)
         return 1

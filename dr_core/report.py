@@ -40,7 +40,8 @@ def choose_threshold(val_y_true: np.ndarray, val_probs: np.ndarray, cfg: Evaluat
 
     Returns:
         ``threshold`` (call referable when the score is at least this), how it was chosen
-        (``mode``, ``target_sensitivity``, ``referable_grade``) and what the model achieves on
+        (``mode``, ``target_sensitivity``, ``referable_grade``, the fellow-eye blending the score had)
+        and what the model achieves on
         validation (``val_sensitivity``, ``val_specificity``, ``val_auc`` of referable DR, ``val_qwk``
         with the grade rule, ``val_n_images``, ``val_n_referable``), to set beside the test figures.
     """
@@ -54,7 +55,8 @@ def choose_threshold(val_y_true: np.ndarray, val_probs: np.ndarray, cfg: Evaluat
     point = to_jsonable({
         "threshold": threshold, "mode": cfg.operating_point,
         "target_sensitivity": cfg.target_sensitivity if cfg.operating_point == "sensitivity" else None,
-        "referable_grade": cfg.referable_grade, "val_sensitivity": sens, "val_specificity": spec,
+        "referable_grade": cfg.referable_grade, "fellow_eye_weight": cfg.fellow_eye_weight,
+        "fellow_eye_scope": cfg.fellow_eye_scope, "val_sensitivity": sens, "val_specificity": spec,
         "val_auc": binary_auc(y_ref, score),
         "val_qwk": quadratic_weighted_kappa(val_y_true, decide_grades(val_probs, cutpoints), val_probs.shape[1]),
         "val_n_images": len(y_ref), "val_n_referable": int(y_ref.sum())})

@@ -176,3 +176,36 @@ def test_predict_missing_input_and_checkpoint(photos, tmp_path: Path, caplog) ->
     assert main(["--model-path", str(tmp_path / "missing.pth"), "--input", str(tmp_path),
                  "--output", str(tmp_path / "p.csv")]) == 1
     assert "checkpoint not found" in caplog.text
+
+
+def test_predict_blends_fellow_eyes_as_the_operating_point_did(photos, tmp_path: Path, caplog) -> None:
+    model_path, folder = photos
+    eyes = tmp_path / "eyes"
+    eyes.mkdir()
+    for src, name in (("eye0.png", "10_left.png"), ("eye2.png", "10_right.png"), ("eye1.png", "11_left.png")):
+        (eyes / name).write_bytes((folder / src).read_bytes())
+    plain, blended = tmp_path / "plain.csv", tmp_path / "blended.csv"
+    point = tmp_path / "operating_point.json"
+    point.write_text(json.dumps({"threshold": 0.3, "fellow_eye_weight": 0.0}))
+    assert main(["--model-path", str(model_path), "--input", str(eyes), "--output", str(plain),
+                 "--threshold-from", str(point)]) == 0
+    point.write_text(json.dumps({"threshold": 0.3, "fellow_eye_weight": 0.4, "fellow_eye_scope": "referable"}))
+    with caplog.at_level(logging.INFO):
+        assert main(["--model-path", str(model_path), "--input", str(eyes), "--output", str(blended),
+                     "--threshold-from", str(point)]) == 0
+    assert "2 of 3 photo(s) have a fellow eye" in caplog.text and "1 photo(s) have no fellow eye" in caplog.text
+    own, mix = pd.read_csv(plain).set_index("file"), pd.read_csv(blended).set_index("file")
+    assert mix.loc["10_left.png", "patient"] == 10 and mix.loc["11_left.png", "patient"] == 11
+    s = own["referable_score"]
+    assert mix.loc["10_left.png", "referable_score"] == pytest.approx(0.6 * s["10_left.png"] + 0.4 * s["10_right.png"],
+                                                                     abs=2e-6)
+    assert mix.loc["11_left.png", "referable_score"] == pytest.approx(s["11_left.png"], abs=2e-6)
+    assert (mix["referable"] == (mix["referable_score"] >= 0.3)).all()
+    assert (mix["grade"] == own["grade"]).all() and np.allclose(mix["prob_0"], own["prob_0"])
+    point.write_text(json.dumps({"threshold": 0.3, "fellow_eye_weight": 0.4, "fellow_eye_scope": "all"}))
+    assert main(["--model-path", str(model_path), "--input", str(eyes), "--output", str(blended),
+                 "--threshold-from", str(point)]) == 0
+    both = pd.read_csv(blended).set_index("file")
+    p = own[[f"prob_{k}" for k in range(5)]]
+    assert np.allclose(both.loc["10_right.png", [f"prob_{k}" for k in range(5)]],
+                       0.6 * p.loc["10_right.png"] + 0.4 * p.loc["10_left.png"], atol=2e-6)
