@@ -48,6 +48,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "ema": ({"train.ema": True, "train.ema_decay": 0.98}, "EMA of the weights (decay 0.98)"),
     "balanced": ({"train.balanced_sampler": True}, "class-balanced sampling"),
     "tta": ({"evaluate.tta": True}, "8-view test-time augmentation"),
+    "no_fellow_eye": ({"evaluate.fellow_eye_weight": 0.0}, "referable score of each eye alone, no fellow-eye blend"),
     # candidates for the preset itself (same CPU time unless stated)
     "lr_1e-3": ({"train.lr_stage2": 0.001}, "stage-2 learning rate 1e-3 instead of 5e-4"),
     "mse": ({"train.regression_loss": "mse"}, "regression head with MSE instead of smooth-L1"),

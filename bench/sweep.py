@@ -192,8 +192,9 @@ def paired(by_variant: dict[str, list[dict[str, Any]]], names: list[str], baseli
     """A second table: each variant minus ``baseline`` on the seeds both ran, split by split.
 
     The split moves test AUC by about ±0.05 on 718 photos; a paired difference takes that out and
-    leaves what the change did plus the run-to-run noise. Rows are paired by seed only: the
-    machine a row ran on is in its ``session`` field, if any. Empty when the baseline has no rows.
+    leaves what the change did plus the run-to-run noise. Rows are paired by seed only; the last
+    column names the machines (the start of each row's ``session`` field, if any), so pairs that
+    cross machines show. Empty when the baseline has no rows.
     """
     base = {r["seed"]: r for r in by_variant.get(baseline, [])}
     lines: list[str] = []
@@ -208,12 +209,21 @@ def paired(by_variant: dict[str, list[dict[str, Any]]], names: list[str], baseli
                  for key in ("val_auc", "auc", "qwk")}
         cells = [_delta(d) if d else "n/a" for d in diffs.values()]
         up = f"{sum(d > 0 for d in diffs['auc'])} of {len(diffs['auc'])}"
-        lines.append(f"| {name} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + f" | {up} |")
+        mine, theirs = _machines(runs), _machines([base[r["seed"]] for r in runs])
+        where = mine if mine == theirs else f"{mine} ({baseline}: {theirs})"
+        lines.append(f"| {name} | {', '.join(str(r['seed']) for r in runs)} | " + " | ".join(cells)
+                     + f" | {up} | {where} |")
     if not lines:
         return []
     return ["", f"Paired with `{baseline}` on the same splits: mean difference (range over splits)", "",
-            "| variant | seeds | val AUC | test AUC | test QWK (cut-points) | splits where test AUC rose |",
-            "|---|---|---|---|---|---|", *lines]
+            "| variant | seeds | val AUC | test AUC | test QWK (cut-points) | splits where test AUC rose | machine |",
+            "|---|---|---|---|---|---|---|", *lines]
+
+
+def _machines(rows: list[dict[str, Any]]) -> str:
+    """The machines rows ran on: the part of each ``session`` before its first comma ("AMD VM")."""
+    names = sorted({str(r.get("session") or "").split(",")[0].strip() or "not recorded" for r in rows})
+    return " + ".join(names)
 
 
 def main(argv: list[str] | None = None) -> int:

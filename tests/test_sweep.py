@@ -51,9 +51,16 @@ def test_markdown_pairs_each_variant_with_the_preset_on_the_seeds_both_ran():
     md = sweep.markdown(rows)
     assert "Paired with `preset` on the same splits" in md
     line = [x for x in md.splitlines() if x.startswith("| ce | 1, 2 |")][0]  # seed 3 has no preset run
-    assert line == "| ce | 1, 2 | -0.005 (-0.040 to +0.030) | -0.005 (-0.040 to +0.030) | +0.000 (+0.000 to +0.000) | 1 of 2 |"
+    assert line == ("| ce | 1, 2 | -0.005 (-0.040 to +0.030) | -0.005 (-0.040 to +0.030) | +0.000 (+0.000 to +0.000) "
+                    "| 1 of 2 | not recorded |")
     assert not any(x.startswith("| ben | 3 |") for x in md.splitlines())  # no preset run on seed 3
     assert "Paired with" not in sweep.markdown([_row("ce", 1), _row("ce", 2)])
+    # the machine column shows pairs that cross machines
+    for row in rows:
+        row["session"] = "AMD VM, 2 vCPU" if row["variant"] == "preset" else "Intel VM, 2 vCPU, -j 1"
+    rows[0]["session"] = "Intel VM, 2 vCPU"
+    line = [x for x in sweep.markdown(rows).splitlines() if x.startswith("| ce | 1, 2 |")][0]
+    assert line.endswith("| 1 of 2 | Intel VM (preset: AMD VM + Intel VM) |")
 
 
 def test_render_merges_saved_rows_and_forgets_runs_finished_elsewhere(tmp_path, capsys):
