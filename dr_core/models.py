@@ -48,7 +48,7 @@ class GeM(nn.Module):
         return x.clamp(min=self.eps).pow(p).mean((2, 3)).pow(1.0 / p)
 
     def extra_repr(self) -> str:
-        return f"p={float(self.p):.3f}, eps={self.eps}"
+        return f"p={self.p.detach().item():.3f}, eps={self.eps}"
 
 
 def attach_gem(model: nn.Module) -> nn.Module:

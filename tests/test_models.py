@@ -88,7 +88,7 @@ def test_gem_keeps_the_pretrained_backbone_and_learns_its_power(tmp_path):
             "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": {}, "class_names": []}
     save_checkpoint(tmp_path / "m.pth", model, meta)
     loaded, _ = load_checkpoint(tmp_path / "m.pth")
-    assert float(loaded.global_pool.p) == 4.5
+    assert loaded.global_pool.p.item() == 4.5
 
 
 def test_gem_refuses_a_model_without_timm_pooling():
