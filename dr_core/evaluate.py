@@ -27,7 +27,7 @@ import torch
 
 from dr_core.config import DataConfig, EvaluateConfig, PreprocessConfig, load_params
 from dr_core.dataset import load_cache
-from dr_core.eyes import fellow_eye_predictions
+from dr_core.eyes import fellow_eye_of, fellow_eye_predictions
 from dr_core.inference import predict_probs
 from dr_core.checkpoint import load_checkpoint
 from dr_core.report import choose_cutpoints, choose_threshold, write_evaluation
@@ -103,31 +103,25 @@ def evaluate_folder(labels_csv: Path, img_dir: Path, model_path: Path, out_dir: 
                             score=score)
 
 
-def _operating_point(args: argparse.Namespace) -> tuple[float, list[float] | None]:
+def _operating_point(args: argparse.Namespace, cfg: EvaluateConfig
+                     ) -> tuple[float, list[float] | None, EvaluateConfig]:
     """Referable threshold and grade cut-points: ``--threshold`` (argmax grades) or the
-    pipeline's operating point, both chosen on val."""
+    pipeline's operating point, both chosen on val; with the latter, ``cfg`` takes its fellow-eye
+    blending, so that scores are made as the threshold's were."""
     if args.threshold is not None:
-        return args.threshold, None
+        return args.threshold, None, cfg
     path = args.operating_point
     if not path.exists():
         raise SystemExit(f"{path}: no operating point; run the pipeline's evaluate stage first "
                          "(`dvc repro evaluate`) or pass --threshold (referable-score cut-off, 0..1)")
     point = json.loads(path.read_text())
-    return float(point["threshold"]), point.get("grade_cutpoints")
-
-
-def follow_fellow_eye(cfg: EvaluateConfig, point_path: Path) -> EvaluateConfig:
-    """``cfg`` with the fellow-eye blending of the operating point the threshold comes from, so that
-    scores are made as the threshold's were (operating points of older versions: ``cfg`` as is)."""
-    point = json.loads(point_path.read_text()) if point_path.exists() else {}
-    if "fellow_eye_weight" not in point:
-        return cfg
-    chosen = dataclasses.replace(cfg, fellow_eye_weight=float(point["fellow_eye_weight"]),
-                                 fellow_eye_scope=str(point.get("fellow_eye_scope", "referable")))
-    if chosen != cfg:
-        log.info("fellow-eye blending as when %s was chosen: weight %.2f, scope %s", point_path,
-                 chosen.fellow_eye_weight, chosen.fellow_eye_scope)
-    return chosen
+    if "fellow_eye_weight" in point:  # older operating points: params.yaml's blending
+        weight, scope = fellow_eye_of(point, path)
+        chosen = dataclasses.replace(cfg, fellow_eye_weight=weight, fellow_eye_scope=scope)
+        if chosen != cfg:
+            log.info("fellow-eye blending as when %s was chosen: weight %.2f, scope %s", path, weight, scope)
+        cfg = chosen
+    return float(point["threshold"]), point.get("grade_cutpoints"), cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     from dr_core.ingest import DataError
 
     try:
-        threshold, cutpoints = _operating_point(args)
-        if args.threshold is None:
-            cfg = follow_fellow_eye(cfg, args.operating_point)
+        threshold, cutpoints, cfg = _operating_point(args, cfg)
         metrics = evaluate_folder(args.labels_csv, args.img_dir, args.model_path, args.output_dir, cfg,
                                   threshold, data, args.device, seed, cutpoints)
     except (DataError, CheckpointError, OSError, ValueError) as err:

@@ -47,3 +47,13 @@ def fellow_eye_predictions(probs: np.ndarray, patients: Sequence, weight: float,
     blended = blend_fellow_eyes(probs, patients, weight)
     grades = blended if scope == "all" else np.asarray(probs, dtype=np.float64)
     return grades, referable_score(blended, referable_grade)
+
+
+def fellow_eye_of(point: dict, source: object) -> tuple[float, str]:
+    """``fellow_eye_weight`` and ``fellow_eye_scope`` an operating point was chosen with (0 and
+    ``referable`` for points written before they were recorded), checked; ``source`` names it in errors."""
+    weight, scope = point.get("fellow_eye_weight", 0.0), point.get("fellow_eye_scope", "referable")
+    if not isinstance(weight, (int, float)) or not 0.0 <= weight < 1.0 or scope not in FELLOW_EYE_SCOPES:
+        raise ValueError(f"{source}: fellow_eye_weight {weight!r} / fellow_eye_scope {scope!r}: expected a "
+                         f"fraction in [0, 1) and one of {list(FELLOW_EYE_SCOPES)}; re-run the evaluate stage")
+    return float(weight), str(scope)

@@ -31,7 +31,7 @@ from dr_core.augment import build_transforms, to_tensor
 from dr_core.checkpoint import CheckpointError, load_checkpoint
 from dr_core.config import PreprocessConfig
 from dr_core.cutpoints import decide_grades
-from dr_core.eyes import fellow_eye_predictions
+from dr_core.eyes import fellow_eye_of, fellow_eye_predictions
 from dr_core.ingest import EYEPACS_ID
 from dr_core.gradcam import feature_module, grad_cam, side_by_side
 from dr_core.inference import predict_probs
@@ -179,14 +179,12 @@ def cutpoints_from(path: Path) -> list[float] | None:
 
 
 def fellow_eye_from(path: Path) -> tuple[float, str]:
-    """``fellow_eye_weight`` and ``fellow_eye_scope`` of an ``operating_point.json`` (0: none)."""
+    """The fellow-eye blending of an ``operating_point.json`` (weight 0: none, as for metrics.json)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return 0.0, "referable"
-    if not isinstance(data, dict):
-        return 0.0, "referable"
-    return float(data.get("fellow_eye_weight", 0.0)), str(data.get("fellow_eye_scope", "referable"))
+    return fellow_eye_of(data, path) if isinstance(data, dict) else (0.0, "referable")
 
 
 def photo_patient(file: str) -> str:
@@ -249,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         photos = list_photos(args.input)
         threshold = threshold_from_metrics(args.threshold_from) if args.threshold_from else (
             args.threshold if args.threshold is not None else 0.5)
+        cutpoints = cutpoints_from(args.threshold_from) if args.threshold_from else None
+        weight, scope = fellow_eye_from(args.threshold_from) if args.threshold_from else (0.0, "referable")
         referable_grade = int(meta.get("params", {}).get("evaluate", {}).get("referable_grade", 2))
         device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
             "cpu" if args.device == "auto" else args.device)
@@ -259,11 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             model, meta, photos, root=args.input if args.input.is_dir() else None, threshold=threshold,
             referable_grade=referable_grade, batch_size=args.batch_size, device=device, tta=args.tta,
             on_error=args.on_error, gradcam_dir=args.gradcam_dir,
-            cutpoints=cutpoints_from(args.threshold_from) if args.threshold_from else None)
-        weight, scope = fellow_eye_from(args.threshold_from) if args.threshold_from else (0.0, "referable")
+            cutpoints=cutpoints)
         if weight > 0 and not table.empty:
             table = blend_fellow_eyes_table(table, weight, scope, threshold, referable_grade, meta["class_names"],
-                                            cutpoints_from(args.threshold_from))
+                                            cutpoints)
     except (CheckpointError, PhotoError, FileNotFoundError, ValueError) as err:
         log.error("%s", err)
         return 1

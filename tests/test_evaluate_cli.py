@@ -69,3 +69,14 @@ def test_evaluate_cli_scores_a_folder_with_the_operating_point(folder, tmp_path:
     assert mixed.loc["10_left", "referable_score"] == pytest.approx(0.5 * s["10_left"] + 0.5 * s["10_right"],
                                                                    abs=2e-6)
     assert (mixed["pred_grade"] == own["pred_grade"]).all()
+
+
+def test_evaluate_cli_refuses_a_bad_fellow_eye_scope_naming_the_file(folder, tmp_path: Path, capsys) -> None:
+    root, images = folder
+    (root / "operating_point.json").write_text(json.dumps({"threshold": 0.3, "fellow_eye_weight": 0.2,
+                                                           "fellow_eye_scope": "grades"}))
+    rc = main(["--labels-csv", str(root / "labels.csv"), "--img-dir", str(images),
+               "--model-path", str(root / "best_model.pth"), "--output-dir", str(tmp_path / "out"),
+               "--operating-point", str(root / "operating_point.json"), "--params", str(root / "none.yaml")])
+    assert rc == 1
+    assert "operating_point.json: fellow_eye_weight 0.2 / fellow_eye_scope 'grades'" in capsys.readouterr().err

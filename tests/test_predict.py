@@ -209,3 +209,12 @@ def test_predict_blends_fellow_eyes_as_the_operating_point_did(photos, tmp_path:
     p = own[[f"prob_{k}" for k in range(5)]]
     assert np.allclose(both.loc["10_right.png", [f"prob_{k}" for k in range(5)]],
                        0.6 * p.loc["10_right.png"] + 0.4 * p.loc["10_left.png"], atol=2e-6)
+
+
+def test_predict_refuses_a_bad_fellow_eye_setting_naming_the_file(photos, tmp_path: Path, caplog) -> None:
+    model_path, folder = photos
+    point = tmp_path / "operating_point.json"
+    point.write_text(json.dumps({"threshold": 0.3, "fellow_eye_weight": 1.5, "fellow_eye_scope": "referable"}))
+    assert main(["--model-path", str(model_path), "--input", str(folder / "eye0.png"),
+                 "--output", str(tmp_path / "p.csv"), "--threshold-from", str(point)]) == 1
+    assert "operating_point.json: fellow_eye_weight 1.5" in caplog.text and "[0, 1)" in caplog.text
