@@ -66,6 +66,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
             "generalised-mean pooling (p = 3, learned) instead of the average: between average and max"),
     "no_dropout": ({"model.drop_rate": 0.0, "model.drop_path_rate": 0.0},
                    "no dropout before the head and no drop-path (0.2 and 0.1 in the preset)"),
+    "batch_8": ({"train.batch_size": 8}, "batch 8 instead of 16: twice the optimiser steps, same epochs"),
+    "wd_0.05": ({"train.weight_decay": 0.05}, "AdamW weight decay 0.05 instead of 1e-4"),
     "backbone_lr_0.3": ({"train.backbone_lr_mult": 0.3}, "stage-2 backbone learning rate x0.3"),
     "freeze_16": ({"train.freeze_stride": 16}, "stage 2 keeps blocks up to stride 16 frozen (faster)"),
     "12ep": ({"train.epochs_stage2": 12}, "12 stage-2 epochs instead of 8 (1.5x the CPU time)"),
