@@ -8,7 +8,7 @@ Each photo goes through the checkpoint's own preprocessing (crop, CLAHE, ... as 
 training), then its resize and normalisation, so raw photos are graded exactly as the test split was.
 When the operating point was chosen with fellow-eye blending (``evaluate.fellow_eye_weight``), the
 same blending is applied across the photos given, pairing EyePACS names (``10_left``/``10_right``);
-Grad-CAM captions show each photo's own score.
+Grad-CAM overlays are drawn after it, so their captions show the score the referral was decided on.
 """
 from __future__ import annotations
 
@@ -81,8 +81,7 @@ def load_photo(path: Path, cfg: PreprocessConfig) -> np.ndarray:
 def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path], root: Path | None = None,
                    threshold: float = 0.5, referable_grade: int = 2, batch_size: int = 16,
                    device: str | torch.device = "cpu", tta: bool = False, on_error: str = "error",
-                   gradcam_dir: Path | None = None, cutpoints: Sequence[float] | None = None
-                   ) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
+                   cutpoints: Sequence[float] | None = None) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
     """Grade photos in batches.
 
     Args:
@@ -95,7 +94,6 @@ def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path
         device: torch device.
         tta: average the eight flips/rotations.
         on_error: ``"error"`` stops at the first unreadable photo, ``"skip"`` reports it and goes on.
-        gradcam_dir: if given, writes ``<photo stem>_gradcam.png`` there for every graded photo.
         cutpoints: grade cut-points on the expected grade (``grade_cutpoints`` of the evaluate
             stage's operating point); ``None``: the most probable grade.
 
@@ -109,8 +107,6 @@ def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path
     names = list(meta["class_names"])
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[Path, str]] = []
-    transform = build_transforms(meta["image_size"], meta["mean"], meta["std"], "none")
-    target_module = None
     for start in tqdm(range(0, len(photos), batch_size), desc="grading", unit="batch", disable=None):
         batch_paths, images = [], []
         for path in photos[start:start + batch_size]:
@@ -134,20 +130,54 @@ def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path
             rows.append({"file": file, "grade": grade, "grade_name": names[grade],
                          **{f"prob_{k}": float(v) for k, v in enumerate(p)},
                          "referable_score": float(score), "referable": bool(score >= threshold)})
-        if gradcam_dir is not None:
-            x = torch.stack([to_tensor(transform(image=im)["image"]) for im in images]).to(device)
-            target_module = target_module or feature_module(model, x)
-            maps, _ = grad_cam(model, x, target_module=target_module, head=meta.get("head", "classification"),
-                               num_classes=meta["num_classes"])
-            gradcam_dir.mkdir(parents=True, exist_ok=True)
-            for path, image, cam, row in zip(batch_paths, images, maps, rows[-len(images):]):
-                top = row[f"prob_{row['grade']}"]
-                caption = f"{row['grade_name']} (p={top:.2f}), referable score {row['referable_score']:.2f}"
-                panel = side_by_side(image, cam, caption)
-                cv2.imwrite(str(gradcam_dir / f"{path.stem}_gradcam.png"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
     columns = ["file", "grade", "grade_name", *(f"prob_{k}" for k in range(len(names))), "referable_score",
                "referable"]
     return pd.DataFrame(rows, columns=columns), skipped
+
+
+def write_gradcams(model: nn.Module, meta: dict[str, Any], table: pd.DataFrame, photos: Sequence[Path],
+                   root: Path | None, out_dir: Path, batch_size: int = 16,
+                   device: str | torch.device = "cpu") -> int:
+    """Write ``<photo stem>_gradcam.png`` into ``out_dir`` for every photo in ``table`` (the final
+    table of :func:`predict_photos`, after any fellow-eye blending): the preprocessed photo beside its
+    Grad-CAM overlay, captioned with the row's grade and referable score. Returns the count."""
+    cfg = preprocess_config(meta)
+    transform = build_transforms(meta["image_size"], meta["mean"], meta["std"], "none")
+    by_file = {(str(p.relative_to(root)) if root is not None else str(p)): p for p in photos}
+    rows = [row for _, row in table.iterrows()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target_module = None
+    for start in tqdm(range(0, len(rows), batch_size), desc="grad-cam", unit="batch", disable=None):
+        batch = rows[start:start + batch_size]
+        images = [load_photo(by_file[row["file"]], cfg) for row in batch]
+        x = torch.stack([to_tensor(transform(image=im)["image"]) for im in images]).to(device)
+        target_module = target_module or feature_module(model, x)
+        maps, _ = grad_cam(model, x, target_module=target_module, head=meta.get("head", "classification"),
+                           num_classes=meta["num_classes"])
+        for row, image, cam in zip(batch, images, maps):
+            caption = (f"{row['grade_name']} (p={row[f'prob_{int(row.grade)}']:.2f}), "
+                       f"referable score {row['referable_score']:.2f}")
+            if "referable_score_own" in row.index:
+                caption += f" (own {row['referable_score_own']:.2f}, with fellow eye)"
+            panel = side_by_side(image, cam, caption)
+            name = out_dir / f"{by_file[row['file']].stem}_gradcam.png"
+            cv2.imwrite(str(name), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+    return len(rows)
+
+
+def operating_point_file(path: Path) -> Path:
+    """``--threshold-from``: the file itself, or for the evaluate stage's ``metrics.json`` (which
+    holds the threshold only) the ``operating_point.json`` beside it, which also holds the grade
+    cut-points and the fellow-eye blending the threshold was chosen with."""
+    beside = path.with_name("operating_point.json")
+    if path.name == "operating_point.json" or not beside.is_file():
+        if path.name != "operating_point.json":
+            log.warning("%s holds the referable threshold only: grades are argmax and no fellow-eye blending "
+                        "is applied; pass results/operating_point.json for the evaluation's cut-points and "
+                        "blending", path)
+        return path
+    log.info("%s: using %s beside it (threshold, grade cut-points, fellow-eye blending)", path, beside)
+    return beside
 
 
 def threshold_from_metrics(path: Path) -> float:
@@ -199,7 +229,7 @@ def blend_fellow_eyes_table(table: pd.DataFrame, weight: float, scope: str, thre
                             cutpoints: Sequence[float] | None = None) -> pd.DataFrame:
     """Apply the evaluation's fellow-eye blending to :func:`predict_photos`' table: photos named
     ``<patient>_left`` / ``<patient>_right`` are one patient; other photos keep their own score.
-    Adds a ``patient`` column."""
+    Adds a ``patient`` column, and ``referable_score_own``: the photo's score before blending."""
     table = table.copy()
     table.insert(1, "patient", [photo_patient(f) for f in table["file"]])
     cols = [f"prob_{k}" for k in range(len(names))]
@@ -211,6 +241,7 @@ def blend_fellow_eyes_table(table: pd.DataFrame, weight: float, scope: str, thre
     if alone:
         log.warning("%d photo(s) have no fellow eye among the input: their referable score is their own, "
                     "while the threshold was chosen on blended scores", alone)
+    table.insert(table.columns.get_loc("referable_score") + 1, "referable_score_own", table["referable_score"])
     table["referable_score"] = score
     table["referable"] = score >= threshold
     if scope == "all":
@@ -245,24 +276,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model, meta = load_checkpoint(args.model_path)
         photos = list_photos(args.input)
-        threshold = threshold_from_metrics(args.threshold_from) if args.threshold_from else (
+        point = operating_point_file(args.threshold_from) if args.threshold_from else None
+        threshold = threshold_from_metrics(point) if point else (
             args.threshold if args.threshold is not None else 0.5)
-        cutpoints = cutpoints_from(args.threshold_from) if args.threshold_from else None
-        weight, scope = fellow_eye_from(args.threshold_from) if args.threshold_from else (0.0, "referable")
+        cutpoints = cutpoints_from(point) if point else None
+        weight, scope = fellow_eye_from(point) if point else (0.0, "referable")
         referable_grade = int(meta.get("params", {}).get("evaluate", {}).get("referable_grade", 2))
         device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
             "cpu" if args.device == "auto" else args.device)
         log.info("%s: %s, %d classes, input %d px; %d photo(s); referable = grade >= %d with score >= %.4f",
                  args.model_path, meta["model_name"], meta["num_classes"], meta["image_size"], len(photos),
                  referable_grade, threshold)
+        root = args.input if args.input.is_dir() else None
         table, skipped = predict_photos(
-            model, meta, photos, root=args.input if args.input.is_dir() else None, threshold=threshold,
-            referable_grade=referable_grade, batch_size=args.batch_size, device=device, tta=args.tta,
-            on_error=args.on_error, gradcam_dir=args.gradcam_dir,
-            cutpoints=cutpoints)
+            model, meta, photos, root=root, threshold=threshold, referable_grade=referable_grade,
+            batch_size=args.batch_size, device=device, tta=args.tta, on_error=args.on_error, cutpoints=cutpoints)
         if weight > 0 and not table.empty:
             table = blend_fellow_eyes_table(table, weight, scope, threshold, referable_grade, meta["class_names"],
                                             cutpoints)
+        if args.gradcam_dir is not None and not table.empty:
+            n = write_gradcams(model, meta, table, photos, root, args.gradcam_dir, args.batch_size, device)
+            log.info("wrote %d Grad-CAM overlay(s) to %s", n, args.gradcam_dir)
     except (CheckpointError, PhotoError, FileNotFoundError, ValueError) as err:
         log.error("%s", err)
         return 1

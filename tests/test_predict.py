@@ -218,3 +218,55 @@ def test_predict_refuses_a_bad_fellow_eye_setting_naming_the_file(photos, tmp_pa
     assert main(["--model-path", str(model_path), "--input", str(folder / "eye0.png"),
                  "--output", str(tmp_path / "p.csv"), "--threshold-from", str(point)]) == 1
     assert "operating_point.json: fellow_eye_weight 1.5" in caplog.text and "[0, 1)" in caplog.text
+
+
+def test_metrics_json_reads_the_operating_point_beside_it(photos, tmp_path: Path, caplog) -> None:
+    model_path, folder = photos
+    eyes = tmp_path / "eyes"
+    eyes.mkdir()
+    for src, name in (("eye0.png", "10_left.png"), ("eye2.png", "10_right.png")):
+        (eyes / name).write_bytes((folder / src).read_bytes())
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "metrics.json").write_text(json.dumps({"test": {"referable_threshold": 0.3}}))
+    alone, beside = tmp_path / "alone.csv", tmp_path / "beside.csv"
+    with caplog.at_level(logging.WARNING):
+        assert main(["--model-path", str(model_path), "--input", str(eyes), "--output", str(alone),
+                     "--threshold-from", str(results / "metrics.json")]) == 0
+    assert "holds the referable threshold only" in caplog.text
+    assert "patient" not in pd.read_csv(alone).columns  # nothing to blend with
+    (results / "operating_point.json").write_text(json.dumps(
+        {"threshold": 0.3, "fellow_eye_weight": 0.5, "fellow_eye_scope": "referable"}))
+    assert main(["--model-path", str(model_path), "--input", str(eyes), "--output", str(beside),
+                 "--threshold-from", str(results / "metrics.json")]) == 0
+    own, mix = pd.read_csv(alone).set_index("file"), pd.read_csv(beside).set_index("file")
+    pair_mean = own["referable_score"].mean()
+    np.testing.assert_allclose(mix["referable_score"], [pair_mean, pair_mean], atol=2e-6)
+    np.testing.assert_allclose(mix["referable_score_own"], own["referable_score"], atol=2e-6)
+
+
+def test_gradcam_captions_show_the_blended_score(photos, tmp_path: Path, monkeypatch) -> None:
+    import dr_core.predict as predict
+
+    model_path, folder = photos
+    eyes = tmp_path / "eyes"
+    eyes.mkdir()
+    for src, name in (("eye0.png", "10_left.png"), ("eye2.png", "10_right.png")):
+        (eyes / name).write_bytes((folder / src).read_bytes())
+    point = tmp_path / "operating_point.json"
+    point.write_text(json.dumps({"threshold": 0.3, "fellow_eye_weight": 0.5, "fellow_eye_scope": "referable"}))
+    captions: list[str] = []
+    monkeypatch.setattr(predict, "side_by_side", lambda image, cam, caption: captions.append(caption) or image)
+    # an untrained model scores every photo about the same: give the left eye grade 0, the right grade 4
+    fixed = iter([np.eye(5, dtype=np.float32)[[0]], np.eye(5, dtype=np.float32)[[4]]])
+    monkeypatch.setattr(predict, "predict_probs", lambda *args, **kwargs: next(fixed))
+    out, cams = tmp_path / "p.csv", tmp_path / "cams"
+    assert main(["--model-path", str(model_path), "--input", str(eyes), "--output", str(out),
+                 "--threshold-from", str(point), "--gradcam-dir", str(cams), "--batch-size", "1"]) == 0
+    table = pd.read_csv(out)
+    assert sorted(p.name for p in cams.iterdir()) == ["10_left_gradcam.png", "10_right_gradcam.png"]
+    assert len(captions) == 2
+    assert table["referable_score_own"].tolist() == [0.0, 1.0] and table["referable_score"].tolist() == [0.5, 0.5]
+    for caption, (_, row) in zip(captions, table.iterrows()):
+        assert f"referable score {row['referable_score']:.2f}" in caption
+        assert f"(own {row['referable_score_own']:.2f}, with fellow eye)" in caption
