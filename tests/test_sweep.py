@@ -51,8 +51,14 @@ def test_markdown_pairs_each_variant_with_the_preset_on_the_seeds_both_ran():
     md = sweep.markdown(rows)
     assert "Paired with `preset` on the same splits" in md
     line = [x for x in md.splitlines() if x.startswith("| ce | 1, 2 |")][0]  # seed 3 has no preset run
-    assert line == ("| ce | 1, 2 | -0.005 (-0.040 to +0.030) | -0.005 (-0.040 to +0.030) | +0.000 (+0.000 to +0.000) "
-                    "| 1 of 2 | not recorded |")
+    assert line == ("| ce | 1, 2 | -0.005 (-0.040 to +0.030) | -0.005 (-0.040 to +0.030) | -0.005 (-0.040 to +0.030) "
+                    "| +0.000 (+0.000 to +0.000) | 1 of 2 | not recorded |")
+    rows[2]["val_auc"] = 0.80 + 0.05 + 0.01  # val rises by 0.01 where test rose by 0.03: held-out +0.02
+    line = [x for x in sweep.markdown(rows).splitlines() if x.startswith("| ce | 1, 2 |")][0]
+    cells = [c.strip() for c in line.split("|")]
+    assert cells[3] == "-0.015 (-0.040 to +0.010)"  # val AUC: +0.01 and -0.04
+    assert cells[4] == "-0.005 (-0.040 to +0.030)"  # test AUC: +0.03 and -0.04
+    assert cells[5] == "-0.010 (-0.040 to +0.020)"  # held-out: the mean of the two, split by split
     assert not any(x.startswith("| ben | 3 |") for x in md.splitlines())  # no preset run on seed 3
     assert "Paired with" not in sweep.markdown([_row("ce", 1), _row("ce", 2)])
     # the machine column shows pairs that cross machines
