@@ -207,12 +207,10 @@ def paired(by_variant: dict[str, list[dict[str, Any]]], names: list[str], baseli
         runs = sorted((r for r in by_variant.get(name, []) if r["seed"] in base), key=lambda r: r["seed"])
         if not runs:
             continue
-        diffs = {key: [r[key] - base[r["seed"]][key] for r in runs
-                       if r.get(key) is not None and base[r["seed"]].get(key) is not None]
-                 for key in ("val_auc", "auc", "qwk")}
-        held_out = [(v + t) / 2 for v, t in zip(diffs["val_auc"], diffs["auc"])] \
-            if len(diffs["val_auc"]) == len(diffs["auc"]) else []
-        cells = [_delta(d) if d else "n/a" for d in (diffs["val_auc"], diffs["auc"], held_out, diffs["qwk"])]
+        diffs = {key: [_value(r, key) - _value(base[r["seed"]], key) for r in runs
+                       if _value(r, key) is not None and _value(base[r["seed"]], key) is not None]
+                 for key in ("val_auc", "auc", "held_out", "qwk")}
+        cells = [_delta(d) if d else "n/a" for d in diffs.values()]
         up = f"{sum(d > 0 for d in diffs['auc'])} of {len(diffs['auc'])}"
         mine, theirs = _machines(runs), _machines([base[r["seed"]] for r in runs])
         where = mine if mine == theirs else f"{mine} ({baseline}: {theirs})"
@@ -224,6 +222,14 @@ def paired(by_variant: dict[str, list[dict[str, Any]]], names: list[str], baseli
             "| variant | seeds | val AUC | test AUC | held-out AUC (val and test) | test QWK (cut-points) "
             "| splits where test AUC rose | machine |",
             "|---|---|---|---|---|---|---|---|", *lines]
+
+
+def _value(row: dict[str, Any], key: str) -> float | None:
+    """A row's figure; ``held_out`` is the mean of its val and test AUC (None when either is missing)."""
+    if key != "held_out":
+        return row.get(key)
+    val, test = row.get("val_auc"), row.get("auc")
+    return None if val is None or test is None else (val + test) / 2
 
 
 def _machines(rows: list[dict[str, Any]]) -> str:

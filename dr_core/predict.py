@@ -78,6 +78,11 @@ def load_photo(path: Path, cfg: PreprocessConfig) -> np.ndarray:
         raise PhotoError(message) from err
 
 
+def photo_name(path: Path, root: Path | None) -> str:
+    """The ``file`` column: the path relative to the input folder, or as given for a single photo."""
+    return str(path.relative_to(root)) if root is not None else str(path)
+
+
 def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path], root: Path | None = None,
                    threshold: float = 0.5, referable_grade: int = 2, batch_size: int = 16,
                    device: str | torch.device = "cpu", tta: bool = False, on_error: str = "error",
@@ -126,7 +131,7 @@ def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path
         grades = decide_grades(probs, cutpoints)
         for path, p, score, grade in zip(batch_paths, probs, scores, grades):
             grade = int(grade)
-            file = str(path.relative_to(root)) if root is not None else str(path)
+            file = photo_name(path, root)
             rows.append({"file": file, "grade": grade, "grade_name": names[grade],
                          **{f"prob_{k}": float(v) for k, v in enumerate(p)},
                          "referable_score": float(score), "referable": bool(score >= threshold)})
@@ -143,7 +148,7 @@ def write_gradcams(model: nn.Module, meta: dict[str, Any], table: pd.DataFrame, 
     Grad-CAM overlay, captioned with the row's grade and referable score. Returns the count."""
     cfg = preprocess_config(meta)
     transform = build_transforms(meta["image_size"], meta["mean"], meta["std"], "none")
-    by_file = {(str(p.relative_to(root)) if root is not None else str(p)): p for p in photos}
+    by_file = {photo_name(p, root): p for p in photos}
     rows = [row for _, row in table.iterrows()]
     out_dir.mkdir(parents=True, exist_ok=True)
     target_module = None
@@ -155,7 +160,8 @@ def write_gradcams(model: nn.Module, meta: dict[str, Any], table: pd.DataFrame, 
         maps, _ = grad_cam(model, x, target_module=target_module, head=meta.get("head", "classification"),
                            num_classes=meta["num_classes"])
         for row, image, cam in zip(batch, images, maps):
-            caption = (f"{row['grade_name']} (p={row[f'prob_{int(row.grade)}']:.2f}), "
+            top = row[f"prob_{int(row['grade'])}"]
+            caption = (f"{row['grade_name']} (p={top:.2f}), "
                        f"referable score {row['referable_score']:.2f}")
             if "referable_score_own" in row.index:
                 caption += f" (own {row['referable_score_own']:.2f}, with fellow eye)"
@@ -165,30 +171,35 @@ def write_gradcams(model: nn.Module, meta: dict[str, Any], table: pd.DataFrame, 
     return len(rows)
 
 
-def operating_point_file(path: Path) -> Path:
-    """``--threshold-from``: the file itself, or for the evaluate stage's ``metrics.json`` (which
-    holds the threshold only) the ``operating_point.json`` beside it, which also holds the grade
-    cut-points and the fellow-eye blending the threshold was chosen with."""
+def read_operating_point(path: Path) -> tuple[float, list[float] | None, float, str]:
+    """``--threshold-from``, read once: threshold, grade cut-points (None: argmax) and fellow-eye
+    weight and scope. A file without ``threshold`` (the evaluate stage's ``metrics.json``, which holds
+    the threshold only) gives way to the ``operating_point.json`` beside it when there is one."""
+    data = _read_json(path)
     beside = path.with_name("operating_point.json")
-    if path.name == "operating_point.json" or not beside.is_file():
-        if path.name != "operating_point.json":
-            log.warning("%s holds the referable threshold only: grades are argmax and no fellow-eye blending "
-                        "is applied; pass results/operating_point.json for the evaluation's cut-points and "
-                        "blending", path)
-        return path
-    log.info("%s: using %s beside it (threshold, grade cut-points, fellow-eye blending)", path, beside)
-    return beside
+    if "threshold" not in data and beside != path and beside.is_file():
+        log.info("%s: using %s beside it (threshold, grade cut-points, fellow-eye blending)", path, beside)
+        path, data = beside, _read_json(beside)
+    elif "threshold" not in data:
+        log.warning("%s holds the referable threshold only: grades are argmax and no fellow-eye blending "
+                    "is applied; pass results/operating_point.json for the evaluation's cut-points and "
+                    "blending", path)
+    cuts = data.get("grade_cutpoints")
+    weight, scope = fellow_eye_of(data, path)
+    return _threshold_of(data, path), [float(c) for c in cuts] if isinstance(cuts, list) else None, weight, scope
 
 
-def threshold_from_metrics(path: Path) -> float:
-    """The referable threshold from the evaluate stage's ``operating_point.json`` (``threshold``)
-    or ``metrics.json`` (``referable_threshold``, top level or under a split)."""
+def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: cannot read metrics ({err})") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _threshold_of(data: dict, path: Path) -> float:
     if isinstance(data.get("threshold"), (int, float)):
         return float(data["threshold"])
     for section in (data, *(v for v in data.values() if isinstance(v, dict))):
@@ -198,23 +209,10 @@ def threshold_from_metrics(path: Path) -> float:
                      "or results/metrics.json written by the evaluate stage")
 
 
-def cutpoints_from(path: Path) -> list[float] | None:
-    """``grade_cutpoints`` of an ``operating_point.json`` (None when grades are argmax)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    cuts = data.get("grade_cutpoints") if isinstance(data, dict) else None
-    return [float(c) for c in cuts] if isinstance(cuts, list) else None
-
-
-def fellow_eye_from(path: Path) -> tuple[float, str]:
-    """The fellow-eye blending of an ``operating_point.json`` (weight 0: none, as for metrics.json)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return 0.0, "referable"
-    return fellow_eye_of(data, path) if isinstance(data, dict) else (0.0, "referable")
+def threshold_from_metrics(path: Path) -> float:
+    """The referable threshold from the evaluate stage's ``operating_point.json`` (``threshold``)
+    or ``metrics.json`` (``referable_threshold``, top level or under a split)."""
+    return _threshold_of(_read_json(path), path)
 
 
 def photo_patient(file: str) -> str:
@@ -276,11 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model, meta = load_checkpoint(args.model_path)
         photos = list_photos(args.input)
-        point = operating_point_file(args.threshold_from) if args.threshold_from else None
-        threshold = threshold_from_metrics(point) if point else (
-            args.threshold if args.threshold is not None else 0.5)
-        cutpoints = cutpoints_from(point) if point else None
-        weight, scope = fellow_eye_from(point) if point else (0.0, "referable")
+        threshold, cutpoints, weight, scope = read_operating_point(args.threshold_from) if args.threshold_from \
+            else (args.threshold if args.threshold is not None else 0.5, None, 0.0, "referable")
         referable_grade = int(meta.get("params", {}).get("evaluate", {}).get("referable_grade", 2))
         device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
             "cpu" if args.device == "auto" else args.device)

@@ -178,12 +178,18 @@ def test_predict_missing_input_and_checkpoint(photos, tmp_path: Path, caplog) ->
     assert "checkpoint not found" in caplog.text
 
 
-def test_predict_blends_fellow_eyes_as_the_operating_point_did(photos, tmp_path: Path, caplog) -> None:
-    model_path, folder = photos
+def _eyes(folder: Path, tmp_path: Path, names: dict[str, str]) -> Path:
+    """A folder of the fixture's photos under EyePACS names (source name -> new name)."""
     eyes = tmp_path / "eyes"
     eyes.mkdir()
-    for src, name in (("eye0.png", "10_left.png"), ("eye2.png", "10_right.png"), ("eye1.png", "11_left.png")):
+    for src, name in names.items():
         (eyes / name).write_bytes((folder / src).read_bytes())
+    return eyes
+
+
+def test_predict_blends_fellow_eyes_as_the_operating_point_did(photos, tmp_path: Path, caplog) -> None:
+    model_path, folder = photos
+    eyes = _eyes(folder, tmp_path, {"eye0.png": "10_left.png", "eye2.png": "10_right.png", "eye1.png": "11_left.png"})
     plain, blended = tmp_path / "plain.csv", tmp_path / "blended.csv"
     point = tmp_path / "operating_point.json"
     point.write_text(json.dumps({"threshold": 0.3, "fellow_eye_weight": 0.0}))
@@ -222,10 +228,7 @@ def test_predict_refuses_a_bad_fellow_eye_setting_naming_the_file(photos, tmp_pa
 
 def test_metrics_json_reads_the_operating_point_beside_it(photos, tmp_path: Path, caplog) -> None:
     model_path, folder = photos
-    eyes = tmp_path / "eyes"
-    eyes.mkdir()
-    for src, name in (("eye0.png", "10_left.png"), ("eye2.png", "10_right.png")):
-        (eyes / name).write_bytes((folder / src).read_bytes())
+    eyes = _eyes(folder, tmp_path, {"eye0.png": "10_left.png", "eye2.png": "10_right.png"})
     results = tmp_path / "results"
     results.mkdir()
     (results / "metrics.json").write_text(json.dumps({"test": {"referable_threshold": 0.3}}))
@@ -249,10 +252,7 @@ def test_gradcam_captions_show_the_blended_score(photos, tmp_path: Path, monkeyp
     import dr_core.predict as predict
 
     model_path, folder = photos
-    eyes = tmp_path / "eyes"
-    eyes.mkdir()
-    for src, name in (("eye0.png", "10_left.png"), ("eye2.png", "10_right.png")):
-        (eyes / name).write_bytes((folder / src).read_bytes())
+    eyes = _eyes(folder, tmp_path, {"eye0.png": "10_left.png", "eye2.png": "10_right.png"})
     point = tmp_path / "operating_point.json"
     point.write_text(json.dumps({"threshold": 0.3, "fellow_eye_weight": 0.5, "fellow_eye_scope": "referable"}))
     captions: list[str] = []
