@@ -62,6 +62,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
                       "train.lr_stage2": 0.0000625, "train.backbone_lr_mult": 8.0},
                      "catavgmax with the head's learning rates / 8 (its max-pooled inputs are ~8x "
                      "larger), backbone's kept"),
+    "catavgmax_bn": ({"model.global_pool": "catavgmax", "model.head_norm": True},
+                     "catavgmax with a BatchNorm on the pooled features before the linear layer "
+                     "(unit-scale head inputs, at the preset's learning rates)"),
     "gem": ({"model.global_pool": "gem"},
             "generalised-mean pooling (p = 3, learned) instead of the average: between average and max"),
     "no_dropout": ({"model.drop_rate": 0.0, "model.drop_path_rate": 0.0},

@@ -112,6 +112,7 @@ class ModelConfig:
     drop_rate: float = 0.2
     drop_path_rate: float = 0.1
     global_pool: str = "avg"  # avg | max | avgmax | catavgmax (timm's pooling of the last feature map) | gem
+    head_norm: bool = False  # BatchNorm1d on the pooled features before the final linear layer
 
     def validate(self) -> None:
         import timm

@@ -168,3 +168,49 @@ def test_frozen_layers_stay_in_eval_mode():
     frozen_modules_to_eval(model)
     assert not model.layer1.training and not model.bn1.training
     assert model.layer2.training and model.fc.training
+
+
+@pytest.mark.parametrize("pool", ["catavgmax", "gem"])
+def test_head_norm_puts_unit_scale_features_before_the_linear_layer(tmp_path, pool):
+    from dr_core.checkpoint import load_checkpoint, save_checkpoint
+    from dr_core.models import head_parameters
+
+    model = build_model(ModelConfig(pretrained_file="builtin", global_pool=pool, head_norm=True), outputs=1)
+    head = model.get_classifier()
+    assert isinstance(head.norm, torch.nn.BatchNorm1d) and isinstance(head.fc, torch.nn.Linear)
+    assert torch.equal(model.state_dict()["conv_stem.weight"], builtin_state_dict()["conv_stem.weight"])
+    assert head.fc.weight.std().item() == pytest.approx(0.01, rel=0.2)  # the small new-head init
+    # stage 1 trains the norm with the linear layer
+    assert {id(p) for p in head.norm.parameters()} <= {id(p) for p in head_parameters(model)}
+    # in training, each pooled feature reaches the linear layer at unit scale whatever the pooling
+    x = torch.rand(8, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        pooled = model.global_pool(model.forward_features(x))
+    normed = head.norm.train()(pooled).detach()
+    assert normed.mean(0).abs().max().item() < 1e-4
+    varying = pooled.var(0, unbiased=False) > 1e-3  # (on noise images many maps are all zero)
+    assert varying.sum().item() >= 100
+    var = normed.var(0, unbiased=False)[varying]
+    assert var.min().item() > 0.98 and var.max().item() < 1.001
+    # evaluation uses the running statistics, and a checkpoint keeps them
+    head.norm.eval()
+    with torch.no_grad():
+        head.norm.running_mean.fill_(0.3)
+        head.norm.running_var.fill_(2.0)
+        expected = head.fc((pooled - 0.3) / (2.0 + head.norm.eps) ** 0.5)
+        assert torch.allclose(model(x), expected, atol=1e-5)
+    meta = {"model_name": "tf_efficientnet_lite0", "num_classes": 5, "head": "regression", "global_pool": pool,
+            "head_norm": True, "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": {},
+            "class_names": []}
+    save_checkpoint(tmp_path / "m.pth", model, meta)
+    loaded, _ = load_checkpoint(tmp_path / "m.pth")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), expected, atol=1e-5)
+
+
+def test_head_norm_refuses_a_model_without_a_linear_classifier():
+    from dr_core.models import attach_head_norm
+
+    with pytest.raises(ValueError, match="model.head_norm: .*set model.head_norm=false"):
+        attach_head_norm(torch.nn.Linear(2, 2))
