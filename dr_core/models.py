@@ -166,8 +166,6 @@ def reset_head(model: nn.Module, std: float = 0.01) -> None:
     which for 5 grades gives logits of +-10 and near-one-hot probabilities before any training.
     """
     head = model.get_classifier()
-    if isinstance(head, nn.Sequential):  # attach_head_norm's (norm, fc)
-        head = head[-1]
     if isinstance(head, nn.Linear):
         nn.init.normal_(head.weight, std=std)
         nn.init.zeros_(head.bias)

@@ -22,8 +22,9 @@ TINY = {"model": {"name": "resnet10t", "pretrained": False, "drop_path_rate": 0.
                   "num_workers": 0, "save_freq": 2, "warmup_epochs": 0.0}}
 
 
-def tiny(**train):
+def tiny(model: dict | None = None, **train):
     raw = json.loads(json.dumps(TINY))
+    raw["model"].update(model or {})
     raw["train"].update(train)
     return params_from_dict(raw)
 
@@ -57,10 +58,7 @@ def test_stage1_leaves_backbone_and_batchnorm_untouched(fake_cache, tmp_path):
 
 
 def test_stage1_trains_the_head_norm_and_its_checkpoint_rebuilds_it(fake_cache, tmp_path):
-    raw = json.loads(json.dumps(TINY))
-    raw["model"].update(global_pool="catavgmax", head_norm=True)
-    raw["train"].update(epochs_stage2=0)
-    params = params_from_dict(raw)
+    params = tiny(model={"global_pool": "catavgmax", "head_norm": True}, epochs_stage2=0)
     from dr_core.models import build_model
     torch.manual_seed(params.seed)
     before = build_model(params.model).state_dict()
