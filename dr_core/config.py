@@ -66,15 +66,33 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Patient-grouped, grade-stratified split (guide: --val-split)."""
+    """Patient-grouped, grade-stratified split (guide: --val-split).
+
+    With ``folds`` >= 2 the patient groups are cut into that many stratified folds (fixed by the
+    seed) and fold ``fold`` is the test split, in place of a ``test`` fraction: running every
+    ``fold`` from 0 to ``folds - 1`` tests each photograph exactly once (cross-validation). Val is
+    then drawn from the other folds, still ``val`` of all photographs.
+    """
 
     val: float = 0.2
     test: float = 0.2
+    folds: int = 0  # 0: one held-out test fraction; K >= 2: test is fold `fold` of K
+    fold: int = 0
+
+    @property
+    def test_fraction(self) -> float:
+        return 1.0 / self.folds if self.folds else self.test
 
     def validate(self) -> None:
         _check(0.0 < self.val < 1.0, "split.val", self.val, "a fraction in (0, 1)")
         _check(0.0 < self.test < 1.0, "split.test", self.test, "a fraction in (0, 1)")
-        _check(self.val + self.test < 0.9, "split.val + split.test", self.val + self.test,
+        _check(self.folds == 0 or self.folds >= 2, "split.folds", self.folds,
+               "0 (a held-out test fraction) or a number of folds >= 2")
+        _check(0 <= self.fold < max(self.folds, 1), "split.fold", self.fold,
+               f"a fold in 0..{self.folds - 1} (split.folds is {self.folds})" if self.folds
+               else "0 while split.folds is 0 (set split.folds to cross-validate)")
+        what = "split.val + 1 / split.folds" if self.folds else "split.val + split.test"
+        _check(self.val + self.test_fraction < 0.9, what, self.val + self.test_fraction,
                "below 0.9, so that something is left to train on")
 
 

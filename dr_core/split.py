@@ -83,12 +83,32 @@ def assign_splits(grades: np.ndarray, groups: np.ndarray, fractions: tuple[float
     return chosen[groups]
 
 
+def assign_folds(grades: np.ndarray, groups: np.ndarray, folds: int, fold: int, val: float,
+                 num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Split index per photograph (0 train, 1 val, 2 test) where test is fold ``fold`` of ``folds``.
+
+    The fold assignment draws first from ``rng``, so it is the same for every ``fold``; val
+    (``val`` of all photographs) and train are then assigned among the other folds' groups.
+    """
+    in_fold = assign_splits(grades, groups, (1.0 / folds,) * folds, num_classes, rng)
+    index = np.full(len(grades), 2, dtype=np.int64)
+    rest = in_fold != fold
+    kept, rest_groups = np.unique(groups[rest], return_inverse=True)
+    share = val / (1.0 - 1.0 / folds)
+    index[rest] = assign_splits(grades[rest], rest_groups.reshape(-1), (1.0 - share, share), num_classes, rng)
+    return index
+
+
 def make_splits(table: pd.DataFrame, split: SplitConfig, num_classes: int,
                 seed: int) -> dict[str, pd.DataFrame]:
     """Train/val/test frames with columns ``id,file,grade,patient,group``, in CSV order."""
-    fractions = (1.0 - split.val - split.test, split.val, split.test)
-    index = assign_splits(table["grade"].to_numpy(), table["group"].to_numpy(), fractions,
-                          num_classes, np.random.default_rng(seed))
+    grades, groups = table["grade"].to_numpy(), table["group"].to_numpy()
+    rng = np.random.default_rng(seed)
+    if split.folds:
+        index = assign_folds(grades, groups, split.folds, split.fold, split.val, num_classes, rng)
+    else:
+        index = assign_splits(grades, groups, (1.0 - split.val - split.test, split.val, split.test),
+                              num_classes, rng)
     return {name: table.loc[index == i, COLUMNS].reset_index(drop=True) for i, name in enumerate(SPLITS)}
 
 
@@ -156,6 +176,8 @@ def run_split(labels_csv: Path, img_dir: Path, out_dir: Path, data: DataConfig, 
         "class_weights": {str(g): round(float(w), 6) for g, w in enumerate(weights)},
         "splits": split_summary(splits, num_classes),
     }
+    if split.folds:
+        summary.update(folds=split.folds, test_fold=split.fold)
     logger.info("%d photographs kept, %d bad, %d duplicate groups (%d exact, %d near pairs)",
                 len(good), len(bad), summary["n_duplicate_groups"], len(exact), len(near))
 

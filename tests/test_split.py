@@ -15,7 +15,7 @@ import yaml
 
 from dr_core.config import DataConfig, SplitConfig, load_params
 from dr_core.ingest import DataError
-from dr_core.split import SPLITS, assign_splits, check_stratifiable, class_weights, run_split
+from dr_core.split import SPLITS, assign_folds, assign_splits, check_stratifiable, class_weights, make_splits, run_split
 from test_ingest import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +59,45 @@ def test_assignment_is_deterministic_for_a_seed():
     assert (first == again).all() and (first != other).any()
 
 
+def test_folds_test_every_photo_once_with_patients_whole_and_val_at_its_share():
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(150), 2)
+    grades = np.repeat(rng.choice(5, 150, p=[0.6, 0.1, 0.2, 0.05, 0.05]), 2)
+    grades[1::9] = rng.integers(0, 5, len(grades[1::9]))
+    folds = [assign_folds(grades, groups, 5, k, 0.2, 5, np.random.default_rng(42)) for k in range(5)]
+    tested = np.stack([index == 2 for index in folds])  # (fold, photo)
+    assert (tested.sum(axis=0) == 1).all()  # each photo is in exactly one test fold
+    for index in folds:
+        assert (pd.Series(index).groupby(groups).nunique() == 1).all()  # no patient straddles splits
+        share = np.bincount(index, minlength=3) / len(index)
+        assert np.abs(share - [0.6, 0.2, 0.2]).max() < 0.03, share  # val stays 0.2 of all photos
+        assert set(grades[index == 2]) == set(range(5)) and set(grades[index == 1]) == set(range(5))
+    # the folds come from the seed: another seed cuts other folds
+    other = assign_folds(grades, groups, 5, 0, 0.2, 5, np.random.default_rng(7))
+    assert ((other == 2) != tested[0]).any()
+
+
+def test_make_splits_uses_the_fold_only_when_folds_are_set():
+    table = pd.DataFrame({"id": [f"p{i}" for i in range(60)], "file": "x.png", "grade": np.arange(60) % 5,
+                          "patient": [f"p{i // 2}" for i in range(60)], "group": np.arange(60) // 2})
+    plain = make_splits(table, SplitConfig(), 5, seed=3)
+    assert make_splits(table, SplitConfig(fold=0), 5, seed=3)["test"].equals(plain["test"])
+    tests = [set(make_splits(table, SplitConfig(folds=3, fold=k), 5, seed=3)["test"]["id"]) for k in range(3)]
+    assert all(18 <= len(t) <= 22 for t in tests)  # a third each, in whole patients
+    assert sum(map(len, tests)) == 60 and set().union(*tests) == set(table["id"])
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"folds": 1}, r"split.folds: got 1, expected 0 .* or a number of folds >= 2"),
+    ({"folds": 5, "fold": 5}, r"split.fold: got 5, expected a fold in 0..4 \(split.folds is 5\)"),
+    ({"fold": 2}, r"split.fold: got 2, expected 0 while split.folds is 0"),
+    ({"folds": 2, "val": 0.45}, r"split.val \+ 1 / split.folds: got 0.95"),
+])
+def test_fold_settings_are_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SplitConfig(**settings).validate()
+
+
 def test_too_few_patients_for_a_grade():
     grades = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4])
     patients = np.array(["a", "b", "c", "d", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m"])
@@ -93,6 +132,18 @@ def test_run_split_writes_patient_grouped_outputs(tmp_path):
     assert json.loads((out / "summary.json").read_text()) == summary
     assert pd.read_csv(out / "bad_images.csv").columns.tolist() == ["id", "file", "reason"]
     assert not list(out.glob(".*.tmp"))
+
+
+def test_run_split_with_folds_records_the_fold_and_tests_every_patient_once(tmp_path):
+    csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE, "eyepacs")
+    tested = []
+    for fold in range(4):
+        summary = run_split(csv, img_dir, tmp_path / f"f{fold}", DataConfig(), SplitConfig(folds=4, fold=fold), 5,
+                            seed=1, workers=1)
+        assert summary["folds"] == 4 and summary["test_fold"] == fold
+        tested += pd.read_csv(tmp_path / f"f{fold}" / "test.csv", dtype={"patient": str})["patient"].unique().tolist()
+    assert sorted(tested) == sorted(_split_of(tmp_path / "f0")["patient"].unique())  # 20 patients, once each
+    assert "folds" not in run_split(csv, img_dir, tmp_path / "plain", DataConfig(), SplitConfig(), 5, 1, workers=1)
 
 
 def test_duplicates_stay_with_every_patient_they_touch(tmp_path):

@@ -167,3 +167,56 @@ def test_train_on_val_renames_the_variant_and_trains_on_the_merged_folder(tmp_pa
     assert len(np.load(data / "cache" / "train.npy")) == 6
     assert "| preset+val | the preset as it is; trained on train+val (val figures in-sample) | 7 |" in (
         tmp_path / "t.md").read_text()
+
+
+def test_plan_with_folds_runs_every_fold_of_each_seed_on_its_own_split():
+    runs = sweep.plan(REPO / "presets" / "real-cpu.yaml", ["preset", "ce"], [42], {}, folds=3)
+    assert [sweep.run_name(r) for r in runs] == ["preset-s42-f0", "ce-s42-f0", "preset-s42-f1", "ce-s42-f1",
+                                                 "preset-s42-f2", "ce-s42-f2"]
+    assert all(r["params"]["split.folds"] == 3 and r["params"]["split.fold"] == r["fold"] for r in runs)
+    assert runs[0]["data_key"] == runs[1]["data_key"] != runs[2]["data_key"]  # a fold has its own split
+    plain = sweep.plan(REPO / "presets" / "real-cpu.yaml", ["preset"], [42], {})[0]
+    assert "fold" not in plain and sweep.run_name(plain) == "preset-s42" and plain["params"]["split.folds"] == 0
+
+
+def test_folds_are_paired_fold_by_fold_and_pooled_into_an_out_of_fold_table(tmp_path, monkeypatch):
+    photos = {0: ["1_left", "1_right", "2_left"], 1: ["3_left", "3_right", "2_right"]}
+    grades = {"1_left": 0, "1_right": 2, "2_left": 0, "3_left": 3, "3_right": 0, "2_right": 0}
+
+    def fake_run(run, data, out, deadline):
+        folder = out / "runs" / sweep.run_name(run)
+        (folder / "results").mkdir(parents=True)
+        (folder / "params.yaml").write_text(yaml.safe_dump(
+            {"model": {"num_classes": 5}, "evaluate": {"referable_grade": 2}}))
+        ids = photos[run["fold"]]
+        score = [0.9 if grades[i] >= 2 else 0.1 + 0.1 * n for n, i in enumerate(ids)]
+        pd.DataFrame({"id": ids, "patient": [i.split("_")[0] for i in ids], "true_grade": [grades[i] for i in ids],
+                      "pred_grade": [grades[i] for i in ids], "referable_score": score,
+                      "referable_pred": [s > 0.5 for s in score]}).to_csv(folder / "results" / "predictions.csv")
+        return {**_row(run["variant"], run["seed"], auc=0.7 + 0.1 * run["fold"]), "fold": run["fold"],
+                "folder": str(folder)}
+
+    monkeypatch.setattr(sweep, "build_data", lambda run, out, deadline: out)
+    monkeypatch.setattr(sweep, "train_and_evaluate", fake_run)
+    rc = sweep.main(["--variants", "preset", "ce", "--seeds", "7", "--folds", "2", "--out-dir", str(tmp_path / "s"),
+                     "--json", str(tmp_path / "rows.json"), "--md", str(tmp_path / "t.md")])
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert rc == 0 and [(r["variant"], r.get("fold"), r.get("kind")) for r in rows] == [
+        ("preset", 0, None), ("ce", 0, None), ("preset", 1, None), ("ce", 1, None),
+        ("preset", None, "out_of_fold"), ("ce", None, "out_of_fold")]
+    pooled = rows[4]
+    assert pooled["n_images"] == 6 and pooled["n_folds"] == 2 and pooled["n_referable"] == 2
+    assert pooled["referable_auc"] == 1.0 and pooled["referable_sensitivity"] == 1.0
+    md = (tmp_path / "t.md").read_text()
+    assert "| preset | the preset as it is | 7/f0, 7/f1 | 0.800 ± 0.071 |" in md  # val AUC 0.75 and 0.85
+    assert "| ce | 7/f0, 7/f1 | +0.000 (+0.000 to +0.000) |" in md  # paired fold by fold
+    assert "Out of fold: every photograph tested once" in md
+    assert [x for x in md.splitlines() if x.startswith("| preset | 7 | 2 |")][0].startswith(
+        "| preset | 7 | 2 | 6 (2) | 1.000 (")
+    assert sweep.main(["--render", str(tmp_path / "rows.json")]) == 0  # saved pooled rows render again
+
+
+def test_folds_left_unfinished_are_not_pooled(tmp_path):
+    rows = [{**_row("preset", 7), "fold": 0, "folder": str(tmp_path)}, {**_row("preset", 7, rc=-9), "fold": 1}]
+    assert sweep.pooled(rows, 2) == []
+    assert "not finished: preset-s7-f1" in sweep.markdown(rows)
