@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: repro test test-fast bench real-cpu ablation clean-venv
+.PHONY: repro test test-fast bench real-cpu real-cpu-cv ablation clean-venv
 
 REAL_DATA := ../shared/data/eyepacs-dev
 
@@ -28,6 +28,12 @@ repro: $(STAMP)
 real-cpu: $(STAMP)
 	@test -f $(REAL_DATA)/labels.csv || (echo "drgrade: $(REAL_DATA)/labels.csv not found; edit data.* in presets/real-cpu.yaml" >&2; exit 1)
 	$(BIN)/dvc exp run evaluate $$($(BIN)/python -m dr_core.presets presets/real-cpu.yaml)
+
+# The same preset cross-validated: five patient-level folds, each photo tested once, the folds'
+# predictions pooled (bench/sweep.py --folds); five trainings, about 70 min on 2 CPU cores. Tables in cv/cv.md.
+real-cpu-cv: $(STAMP)
+	@test -f $(REAL_DATA)/labels.csv || (echo "drgrade: $(REAL_DATA)/labels.csv not found; edit data.* in presets/real-cpu.yaml" >&2; exit 1)
+	$(BIN)/python bench/sweep.py --variants preset --seeds 42 --folds 5 -j 1 --out-dir cv --md cv/cv.md --json cv/cv.json
 
 # The ablation table around the preset (bench/ablation.py): queued DVC experiments, 3 seeds each.
 ablation: $(STAMP)

@@ -71,9 +71,16 @@ def attach_head_norm(model: nn.Module) -> nn.Module:
     """
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     attr = (getattr(model, "default_cfg", None) or {}).get("classifier", "classifier")
-    if not isinstance(head, nn.Linear) or "." in attr or getattr(model, attr, None) is not head:
+    if not isinstance(head, nn.Linear):
+        why = f"its classifier is a {type(head).__name__}, not a Linear layer" if head is not None else \
+            "it has no get_classifier()"
+    elif "." in attr or getattr(model, attr, None) is not head:
+        why = f"its classifier {attr!r} sits inside a head module (with its own pooling and norms)"
+    else:
+        why = ""
+    if why:
         raise ValueError(f"model.head_norm: {type(model).__name__} has no single linear classifier to put a "
-                         "BatchNorm in front of; set model.head_norm=false")
+                         f"BatchNorm in front of: {why}; set model.head_norm=false")
     setattr(model, attr, nn.Sequential(OrderedDict(norm=nn.BatchNorm1d(head.in_features), fc=head)))
     return model
 

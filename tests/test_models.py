@@ -212,5 +212,9 @@ def test_head_norm_puts_unit_scale_features_before_the_linear_layer(tmp_path, po
 def test_head_norm_refuses_a_model_without_a_linear_classifier():
     from dr_core.models import attach_head_norm
 
-    with pytest.raises(ValueError, match="model.head_norm: .*set model.head_norm=false"):
+    with pytest.raises(ValueError, match="model.head_norm: Linear .*it has no get_classifier.*set model.head_norm=false"):
         attach_head_norm(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="classifier 'head.fc' sits inside a head module"):
+        attach_head_norm(timm.create_model("convnext_atto", pretrained=False, num_classes=5))
+    with pytest.raises(ValueError, match="its classifier is a Identity, not a Linear layer"):
+        attach_head_norm(timm.create_model("resnet10t", pretrained=False, num_classes=0))
