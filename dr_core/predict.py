@@ -37,6 +37,7 @@ from dr_core.gradcam import feature_module, grad_cam, side_by_side
 from dr_core.inference import predict_probs
 from dr_core.metrics import referable_score
 from dr_core.preprocess import preprocess_image, read_fundus
+from dr_core.report import PREDICTION_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("none of the %d photo(s) could be graded", len(photos))
         return 1
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.output, index=False, float_format="%.6f")
+    table.to_csv(args.output, index=False, float_format=PREDICTION_FORMAT)
     counts = table["grade_name"].value_counts().to_dict()
     log.info("graded %d photo(s) -> %s; %d referable; grades %s", len(table), args.output,
              int(table["referable"].sum()), counts)

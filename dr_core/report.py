@@ -141,6 +141,9 @@ def write_evaluation(out_dir: str | Path, ids: Sequence, patients: Sequence, y_t
     return metrics
 
 
+PREDICTION_FORMAT = "%.9g"  # float32 round-trips in 9 significant digits
+
+
 def _write_predictions(path: Path, ids: Sequence, patients: Sequence, y_true: np.ndarray,
                        y_pred: np.ndarray, probs: np.ndarray, score: np.ndarray, threshold: float) -> None:
     table = pd.DataFrame({"id": list(ids), "patient": list(patients), "true_grade": y_true,
@@ -149,7 +152,9 @@ def _write_predictions(path: Path, ids: Sequence, patients: Sequence, y_true: np
         table[f"prob_{k}"] = probs[:, k]
     table["referable_score"] = score
     table["referable_pred"] = score >= threshold
-    table.to_csv(path, index=False, float_format="%.6f")
+    # significant digits, not decimals: a regression head's scores reach 1e-6 and below, and six
+    # decimals would tie them, so an AUC recomputed from this file (crossval) would drift from metrics.json
+    table.to_csv(path, index=False, float_format=PREDICTION_FORMAT)
 
 
 def _roc_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

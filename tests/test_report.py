@@ -88,6 +88,23 @@ def test_predictions_csv_matches_probs_and_threshold(evaluation) -> None:
     assert int(table["referable_pred"].sum()) == metrics["referable_tp"] + metrics["referable_fp"]
 
 
+def test_predictions_csv_keeps_tiny_scores_apart(tmp_path: Path) -> None:
+    """A regression head's referable scores reach 1e-7; written to six decimals they would tie, and
+    an AUC recomputed from the file (out-of-fold pooling) would differ from metrics.json's."""
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 2], 30)
+    score = np.exp(rng.normal(-12 + 3 * (y > 0), 2.0)).astype(np.float32)  # mostly below 1e-4
+    probs = np.zeros((60, 5), np.float32)
+    probs[:, 2], probs[:, 0] = score, 1 - score
+    assert roc_auc_score(y >= 2, np.round(score, 6)) != pytest.approx(roc_auc_score(y >= 2, score), abs=1e-3)
+    metrics = write_evaluation(tmp_path, list(range(60)), list(range(60)), y, probs, 1e-5,
+                               EvaluateConfig(bootstrap=0), score=score)
+    table = pd.read_csv(tmp_path / "predictions.csv")
+    assert (table["referable_score"].to_numpy(np.float32) == score).all()  # float32 round-trips exactly
+    assert roc_auc_score(table["true_grade"] >= 2, table["referable_score"]) == pytest.approx(
+        metrics["referable_auc"], abs=1e-6)
+
+
 def test_dvc_plot_data(evaluation) -> None:
     out, metrics, _ = evaluation
     roc = pd.read_csv(out / "plots" / "roc_referable.csv")

@@ -78,8 +78,8 @@ def test_render_merges_saved_rows_and_forgets_runs_finished_elsewhere(tmp_path, 
     assert "not finished: ce-s3" in out and "preset-s2" not in out
 
 
-@pytest.mark.slow
-def test_sweep_trains_and_evaluates_two_variants_on_a_generated_folder(tmp_path):
+def _generated_preset(tmp_path: Path) -> Path:
+    """A folder of 100 generated photos (APTOS layout) and a tiny preset that trains on it in seconds."""
     rng = np.random.default_rng(0)
     images = tmp_path / "images"
     images.mkdir()
@@ -97,6 +97,12 @@ def test_sweep_trains_and_evaluates_two_variants_on_a_generated_folder(tmp_path)
         "train": {"image_size": 48, "loss": "regression", "epochs_stage1": 1, "epochs_stage2": 1, "batch_size": 16,
                   "num_workers": 0, "freeze_stride": 8, "monitor": "last", "device": "cpu"},
         "evaluate": {"grade_rule": "qwk"}}))
+    return preset
+
+
+@pytest.mark.slow
+def test_sweep_trains_and_evaluates_two_variants_on_a_generated_folder(tmp_path):
+    preset = _generated_preset(tmp_path)
     out = tmp_path / "sweep"
     rc = sweep.main(["--preset", str(preset), "--variants", "preset", "no_clahe", "--seeds", "1", "-j", "2",
                      "--out-dir", str(out), "--json", str(tmp_path / "rows.json"), "--md", str(tmp_path / "t.md")])
@@ -108,6 +114,22 @@ def test_sweep_trains_and_evaluates_two_variants_on_a_generated_folder(tmp_path)
     used = yaml.safe_load((out / "runs" / "no_clahe-s1" / "params.yaml").read_text())
     assert used["preprocess"]["clahe"] is False and used["train"]["loss"] == "regression"
     assert "| no_clahe | preprocessing: border crop only, no CLAHE | 1 |" in (tmp_path / "t.md").read_text()
+
+
+@pytest.mark.slow
+def test_folds_train_evaluate_and_pool_every_photo_once_on_a_generated_folder(tmp_path):
+    preset = _generated_preset(tmp_path)
+    out = tmp_path / "sweep"
+    rc = sweep.main(["--preset", str(preset), "--variants", "preset", "--seeds", "1", "--folds", "2", "-j", "2",
+                     "--out-dir", str(out), "--json", str(tmp_path / "rows.json")])
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert rc == 0, [(r["variant"], r["rc"], r.get("folder")) for r in rows]
+    assert [(r.get("fold"), r.get("kind")) for r in rows] == [(0, None), (1, None), (None, "out_of_fold")]
+    tested = [pd.read_csv(out / "runs" / f"preset-s1-f{k}" / "results" / "predictions.csv")["id"] for k in (0, 1)]
+    assert not set(tested[0]) & set(tested[1]) and len(tested[0]) + len(tested[1]) == 100
+    pooled = rows[2]
+    assert pooled["n_images"] == 100 and pooled["n_folds"] == 2 and 0.0 <= pooled["referable_auc"] <= 1.0
+    assert pooled["fold_referable_auc"] == pytest.approx([rows[0]["auc"], rows[1]["auc"]], abs=1e-5)
 
 
 def test_a_split_that_fails_is_reported_for_each_run_and_tried_once(tmp_path):
