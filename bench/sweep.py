@@ -96,6 +96,11 @@ def run_name(run: dict[str, Any]) -> str:
     return f"{run['variant']}-s{run['seed']}" + (f"-f{run['fold']}" if run.get("fold") is not None else "")
 
 
+def _identity(run: dict[str, Any]) -> dict[str, Any]:
+    """What names a run in its row: variant, seed and, in a cross-validation, fold."""
+    return {"variant": run["variant"], "seed": run["seed"], **({"fold": run["fold"]} if "fold" in run else {})}
+
+
 def _split(row: dict[str, Any]) -> tuple[int, int]:
     """What pairs two rows: the same seed and fold (-1 without folds)."""
     fold = row.get("fold")
@@ -163,8 +168,7 @@ def train_and_evaluate(run: dict[str, Any], data: Path, out: Path, deadline: flo
     if rc == 0:
         rc = _run([py, "-m", "stages.evaluate", "--model-path", "models/best_model.pth", "--cache-dir", cache,
                    "--out", "results", "--params", str(params)], log, folder, deadline)
-    row: dict[str, Any] = {"variant": run["variant"], "change": run.get("change") or VARIANTS[run["variant"]][1],
-                           "seed": run["seed"], **({"fold": run["fold"]} if "fold" in run else {}),
+    row: dict[str, Any] = {**_identity(run), "change": run.get("change") or VARIANTS[run["variant"]][1],
                            "rc": rc, "wall_seconds": round(time.time() - start, 1), "folder": str(folder)}
     if rc == 0:
         test = json.loads((folder / "results" / "metrics.json").read_text())["test"]
@@ -353,14 +357,12 @@ def main(argv: list[str] | None = None) -> int:
         futures = []
         for run in runs:  # data folders are built here, one at a time (each uses every core)
             if deadline is not None and time.time() > deadline:
-                rows.append({"variant": run["variant"], "seed": run["seed"], "rc": "skipped",
-                             **({"fold": run["fold"]} if "fold" in run else {})})
+                rows.append({**_identity(run), "rc": "skipped"})
                 continue
             data = None if run["data_key"] in bad_data else build_data(run, out, deadline)
             if data is None:
                 bad_data.add(run["data_key"])
-                rows.append({"variant": run["variant"], "seed": run["seed"], "rc": "no data",
-                             **({"fold": run["fold"]} if "fold" in run else {})})
+                rows.append({**_identity(run), "rc": "no data"})
                 continue
             if args.train_on_val:
                 data = with_val_in_train(data)

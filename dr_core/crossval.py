@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from dr_core.bootstrap import bootstrap_ci
-from dr_core.metrics import binary_auc, quadratic_weighted_kappa, referable_labels, to_jsonable
+from dr_core.metrics import (binary_auc, quadratic_weighted_kappa, referable_labels, sensitivity_specificity,
+                             to_jsonable)
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +57,14 @@ def out_of_fold(table: pd.DataFrame, num_classes: int, referable_grade: int = 2,
     y_true = table["true_grade"].to_numpy(dtype=np.int64)
     y_pred = table["pred_grade"].to_numpy(dtype=np.int64)
     score = table["referable_score"].to_numpy(dtype=np.float64)
-    called = table["referable_pred"].astype(bool).to_numpy()
+    called = table["referable_pred"].astype(bool).to_numpy().astype(np.float64)  # each fold's own calls, as 0/1
     y_ref = referable_labels(y_true, referable_grade)
 
     def headline(idx: np.ndarray) -> dict[str, float]:
-        ref, call = y_ref[idx], called[idx]
+        sens, spec = sensitivity_specificity(y_ref[idx], called[idx], 1.0)
         return {"qwk": quadratic_weighted_kappa(y_true[idx], y_pred[idx], num_classes),
-                "referable_auc": binary_auc(ref, score[idx]),
-                "referable_sensitivity": float(call[ref].mean()) if ref.any() else np.nan,
-                "referable_specificity": float((~call[~ref]).mean()) if (~ref).any() else np.nan}
+                "referable_auc": binary_auc(y_ref[idx], score[idx]),
+                "referable_sensitivity": sens, "referable_specificity": spec}
 
     out: dict = {"n_folds": int(table["fold"].nunique()), "n_images": len(table),
                  "n_patients": int(table["patient"].nunique()), "n_referable": int(y_ref.sum()),

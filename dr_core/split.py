@@ -93,9 +93,9 @@ def assign_folds(grades: np.ndarray, groups: np.ndarray, folds: int, fold: int, 
     in_fold = assign_splits(grades, groups, (1.0 / folds,) * folds, num_classes, rng)
     index = np.full(len(grades), 2, dtype=np.int64)
     rest = in_fold != fold
-    kept, rest_groups = np.unique(groups[rest], return_inverse=True)
+    rest_groups = np.unique(groups[rest], return_inverse=True)[1]  # renumbered 0..G'-1
     share = val / (1.0 - 1.0 / folds)
-    index[rest] = assign_splits(grades[rest], rest_groups.reshape(-1), (1.0 - share, share), num_classes, rng)
+    index[rest] = assign_splits(grades[rest], rest_groups, (1.0 - share, share), num_classes, rng)
     return index
 
 
