@@ -2,10 +2,15 @@
 
 Each (variant, seed) is a queued DVC experiment named ``abl-<variant>-s<seed>``; ``seed`` changes
 the patient-level split as well as initialisation and augmentation, so the spread over seeds is
-the spread over held-out patient sets. The table is rendered from ``dvc exp show --json``.
+the spread over held-out patient sets. With ``--folds K`` each (variant, seed) is K experiments,
+``abl-<variant>-s<seed>-f<k>``, whose test splits are the K patient-level folds of that seed
+(``split.folds`` / ``split.fold``): every photo is tested once, and the spread is over folds. The
+table is rendered from ``dvc exp show --json``, which carries metrics, not predictions: pooling the
+folds' predictions into out-of-fold figures is ``bench/sweep.py --folds``.
 
     python bench/ablation.py all -j 2                  # queue, run, print the markdown table
     python bench/ablation.py queue --seeds 1 2 3       # or step by step
+    python bench/ablation.py all --seeds 42 --folds 5 --variants preset focal   # five folds each
     python bench/ablation.py run -j 2
     python bench/ablation.py table --out docs/ablation.md
     python bench/ablation.py table --exp-json saved_exp_show.json   # from a saved `dvc exp show --json`
@@ -79,7 +84,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "lite2_352": ({"model.name": "tf_efficientnet_lite2", "train.image_size": 352},
                   "built-in EfficientNet-Lite2 at 352 px (about the same FLOPs)"),
 }
-NAME = re.compile(r"^abl-(?P<variant>.+)-s(?P<seed>\d+)$")
+NAME = re.compile(r"^abl-(?P<variant>.+)-s(?P<seed>\d+)(?:-f(?P<fold>\d+))?$")
 METRICS = "results/metrics.json"
 TRAIN_METRICS = "dvclive/train/metrics.json"
 
@@ -100,18 +105,24 @@ def start_workers(jobs: int) -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def queue(preset: Path, seeds: list[int], variants: list[str], target: str, extra: list[str]) -> None:
-    """Queue every (variant, seed), seeds outermost, so that a deadline leaves whole seeds."""
+def queue(preset: Path, seeds: list[int], variants: list[str], target: str, extra: list[str],
+          folds: int = 0) -> None:
+    """Queue every (variant, seed), or with ``folds`` every (variant, seed, fold); seeds outermost,
+    then folds, so that a deadline leaves whole seeds and folds."""
     import yaml
 
     base = {**read_preset(preset), **{k: yaml.safe_load(v) for k, v in (e.split("=", 1) for e in extra)}}
-    for name in variants:
-        merged("params.yaml", {**base, **VARIANTS[name][0]})  # fails here, naming the key, before queueing
+    first_fold = {"split.folds": folds, "split.fold": 0} if folds else {}
+    for name in variants:  # fails here, naming the key, before queueing
+        merged("params.yaml", {**base, **VARIANTS[name][0], **first_fold})
     for seed in seeds:
-        for name in variants:
-            overrides = {**base, **VARIANTS[name][0], "seed": seed}
-            sh(["dvc", "exp", "run", "--queue", "-n", f"abl-{name}-s{seed}", target,
-                *to_set_args(overrides, absolute=True)])
+        for fold in range(folds) if folds else [None]:
+            split = {} if fold is None else {"split.folds": folds, "split.fold": fold}
+            suffix = "" if fold is None else f"-f{fold}"
+            for name in variants:
+                overrides = {**base, **VARIANTS[name][0], **split, "seed": seed}
+                sh(["dvc", "exp", "run", "--queue", "-n", f"abl-{name}-s{seed}{suffix}", target,
+                    *to_set_args(overrides, absolute=True)])
 
 
 def run(jobs: int, deadline_s: float | None) -> None:
@@ -151,9 +162,9 @@ def run(jobs: int, deadline_s: float | None) -> None:
 
 
 def collect(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
-    """``{variant: [{metric: value} per seed]}`` from parsed ``dvc exp show --json`` (one run per
-    variant and seed: the newest, if an experiment name was run again)."""
-    runs: dict[tuple[str, int], tuple[str, dict[str, float]]] = {}
+    """``{variant: [{metric: value} per seed, or per seed and fold]}`` from parsed ``dvc exp show
+    --json`` (one run per name: the newest, if an experiment name was run again)."""
+    runs: dict[tuple[str, int, int], tuple[str, dict[str, float]]] = {}
     for row in rows:
         for exp in row.get("experiments") or []:
             for rev in exp.get("revs", []):
@@ -166,16 +177,18 @@ def collect(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
                 if not match or not test:
                     continue
                 train = data.get("metrics", {}).get(TRAIN_METRICS, {}).get("data", {})
-                key = (match["variant"], int(match["seed"]))
+                fold = -1 if match["fold"] is None else int(match["fold"])
+                key = (match["variant"], int(match["seed"]), fold)
                 stamp = data.get("timestamp") or ""
                 if key in runs and runs[key][0] >= stamp:
                     continue
                 runs[key] = (stamp, {
-                    "seed": key[1], "qwk": test.get("qwk"), "qwk_argmax": test.get("qwk_argmax"),
+                    "seed": key[1], **({} if fold < 0 else {"fold": fold}),
+                    "qwk": test.get("qwk"), "qwk_argmax": test.get("qwk_argmax"),
                     "auc": test.get("referable_auc"), "sens": test.get("referable_sensitivity"),
                     "spec": test.get("referable_specificity"), "seconds": train.get("train_seconds")})
     out: dict[str, list[dict[str, float]]] = {}
-    for (variant, _), (_, run) in sorted(runs.items()):
+    for (variant, _, _), (_, run) in sorted(runs.items()):
         out.setdefault(variant, []).append(run)
     return out
 
@@ -197,7 +210,7 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
              "| sensitivity | specificity | train time (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, (_, what) in VARIANTS.items():
-        runs = sorted(results.get(name, []), key=lambda r: r["seed"])
+        runs = sorted(results.get(name, []), key=lambda r: (r["seed"], r.get("fold", -1)))
         if not runs:
             continue
         secs = [r["seconds"] for r in runs if r["seconds"] is not None]
@@ -205,7 +218,8 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
         lines.append(f"| {name} | {what} | {len(runs)} | {mean_sd([r['qwk'] for r in runs])} | "
                      f"{mean_sd([r['qwk_argmax'] for r in runs])} | {mean_sd([r['auc'] for r in runs])} | "
                      f"{mean_sd([r['sens'] for r in runs])} | {mean_sd([r['spec'] for r in runs])} | {seconds} |")
-    return "\n".join(lines) + "\n\nmean ± standard deviation over seeds (each seed is its own patient-level split)\n"
+    return "\n".join(lines) + ("\n\nmean ± standard deviation over runs (each seed, or each fold of a seed, "
+                                "tests its own patients)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--preset", type=Path, default=Path("presets/real-cpu.yaml"))
         p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
         p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+        p.add_argument("--folds", type=int, default=0, metavar="K",
+                       help="K experiments per (variant, seed), fold 0..K-1 of that seed's split as test")
         p.add_argument("--target", default="evaluate", help="pipeline stage to run up to")
         p.add_argument("--set", dest="extra", action="append", default=["evaluate.bootstrap=0"],
                        metavar="KEY=VALUE", help="override for every run (default: evaluate.bootstrap=0, "
@@ -231,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--save-json", type=Path, help="also save `dvc exp show --json` here")
     args = parser.parse_args(argv)
     if args.cmd in ("queue", "all"):
-        queue(args.preset, args.seeds, args.variants, args.target, args.extra)
+        if args.folds == 1 or args.folds < 0:
+            parser.error(f"--folds: got {args.folds}, expected 0 (no cross-validation) or a number of folds >= 2")
+        queue(args.preset, args.seeds, args.variants, args.target, args.extra, args.folds)
     if args.cmd in ("run", "all"):
         run(args.jobs, args.deadline_s)
     if args.cmd in ("table", "all"):
