@@ -36,9 +36,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 from scipy.stats import rankdata  # noqa: E402
 from sweep import _data_key  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 from dr_core.checkpoint import load_checkpoint  # noqa: E402
 from dr_core.config import Params, params_from_dict  # noqa: E402
@@ -93,16 +93,16 @@ def resolution(folds: list[dict[str, Any]], cache_size: int, sizes: list[int]) -
         data = {split: _split_images(fold, split, cache_size) for split in ("val", "test")}
         for size in sizes:
             start = time.time()
-            probs, score = {}, {}
+            raw, probs, score = {}, {}, {}
             for split, (table, images) in data.items():
-                probs[split] = predict_probs(model, images, {**meta, "image_size": size}, cfg.batch_size)
+                raw[split] = predict_probs(model, images, {**meta, "image_size": size}, cfg.batch_size)
                 probs[split], score[split] = fellow_eye_predictions(
-                    probs[split], table["patient"].tolist(), cfg.fellow_eye_weight, cfg.fellow_eye_scope,
+                    raw[split], table["patient"].tolist(), cfg.fellow_eye_weight, cfg.fellow_eye_scope,
                     cfg.referable_grade)
             y = {split: table["grade"].to_numpy() for split, (table, _) in data.items()}
             cuts = choose_cutpoints(y["val"], probs["val"], cfg)
             grades = decide_grades(probs["test"], cuts)
-            own = referable_score(probs["test"], cfg.referable_grade)
+            own = referable_score(raw["test"], cfg.referable_grade)  # the photo alone, whatever the blend's scope
             ref = {split: v >= cfg.referable_grade for split, v in y.items()}
             rows.append({"fold": fold["fold"], "size": size, "val_auc": binary_auc(ref["val"], score["val"]),
                          "auc": binary_auc(ref["test"], score["test"]), "auc_own": binary_auc(ref["test"], own),
