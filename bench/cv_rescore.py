@@ -42,6 +42,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from dr_core.checkpoint import load_checkpoint  # noqa: E402
 from dr_core.config import Params, params_from_dict  # noqa: E402
+from dr_core.crossval import read_folds  # noqa: E402
 from dr_core.cutpoints import decide_grades  # noqa: E402
 from dr_core.evaluate import load_raw_images  # noqa: E402
 from dr_core.eyes import fellow_eye_predictions  # noqa: E402
@@ -203,44 +204,38 @@ def probe(folds: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
     """Pooled out-of-fold referable AUC of linear probes at ``size`` px, alone and rank-averaged with
     the fine-tuned fold models (their blended and own referable scores from ``predictions.csv``)."""
     params: Params = folds[0]["params"]
-    tables = []
-    for f in folds:
-        tested = pd.read_csv(f["run"] / "results" / "predictions.csv").set_index("id")
-        table = pd.concat([pd.read_csv(f["data"] / "split" / f"{s}.csv") for s in ("train", "val", "test")])
-        table["tested"] = table["id"].isin(tested.index)
-        tables.append((table, tested))
-    photos = tables[0][0].drop(columns=["tested"]).reset_index(drop=True)
+    ref_grade = params.evaluate.referable_grade
+    tested = read_folds([f["run"] / "results" / "predictions.csv" for f in folds])
+    fold = np.array([folds[k]["fold"] for k in tested["fold"]])  # read_folds numbers the files 0, 1, ...
+    # every fold splits the same photos (one seed): train, val and test of the first are all of them
+    photos = pd.concat([pd.read_csv(folds[0]["data"] / "split" / f"{s}.csv", dtype={"id": str, "patient": str})
+                        for s in ("train", "val", "test")], ignore_index=True)
     start = time.time()
     images = load_raw_images(photos["file"].tolist(), Path(params.data.img_dir),
                              dataclasses.replace(params.preprocess, cache_size=size))
     feats = frozen_features(images, build_model(params.model))
     log.info("frozen features of %d photos at %d px in %.0f s", len(photos), size, time.time() - start)
     row_of = {pid: i for i, pid in enumerate(photos["id"])}
-    ref_grade = params.evaluate.referable_grade
-    te_all, ft_blend, ft_own, fold_of, probe_scores = [], [], [], [], {}
-    for (table, tested), f in zip(tables, folds):
-        te = [row_of[i] for i in table.loc[table.tested, "id"]]
-        tr = [row_of[i] for i in table.loc[~table.tested, "id"]]
-        te_all += te
-        fold_of += [f["fold"]] * len(te)
-        t = tested.loc[photos["id"].iloc[te]]
-        ft_blend.append(t["referable_score"].to_numpy())
-        ft_own.append(t[[c for c in t.columns if c.startswith("prob_")][ref_grade:]].sum(1).to_numpy())
-        y, groups = photos["grade"].to_numpy(), photos["patient"].astype(str).to_numpy()
+    test_rows = np.array([row_of[i] for i in tested["id"]])
+    y, groups = photos["grade"].to_numpy(), photos["patient"].to_numpy()
+    probe_scores: dict[tuple[str, str], np.ndarray] = {}
+    for k in (f["fold"] for f in folds):
+        te = test_rows[fold == k]
+        tr = np.setdiff1d(np.arange(len(photos)), te)
         for name, x in feats.items():
             for kind in ("ridge", "logistic"):
                 s, c = _fit_score(kind, x[tr], y[tr], groups[tr], x[te], ref_grade)
-                probe_scores.setdefault((name, kind), []).append(s)
-                log.info("fold %d, %s, %s: penalty %g, test AUC %.3f", f["fold"], name, kind, c,
+                probe_scores.setdefault((name, kind), np.zeros(len(tested)))[fold == k] = s
+                log.info("fold %d, %s, %s: penalty %g, test AUC %.3f", k, name, kind, c,
                          binary_auc(y[te] >= ref_grade, s))
-    y_ref = photos["grade"].to_numpy()[te_all] >= ref_grade
-    fold_arr = np.array(fold_of)
-    blend = _rank_within(np.concatenate(ft_blend), fold_arr)
-    own = _rank_within(np.concatenate(ft_own), fold_arr)
+    y_ref = y[test_rows] >= ref_grade
+    probs = tested[[c for c in tested.columns if c.startswith("prob_")]].to_numpy()
+    own = _rank_within(referable_score(probs, ref_grade), fold)
+    blend = _rank_within(tested["referable_score"].to_numpy(), fold)
     rows = [{"size": size, "features": "fine-tuned fold models", "model": "-", "auc": binary_auc(y_ref, own),
              "with_own": None, "with_blend": binary_auc(y_ref, blend)}]
-    for (name, kind), parts in probe_scores.items():
-        r = _rank_within(np.concatenate(parts), fold_arr)
+    for (name, kind), score in probe_scores.items():
+        r = _rank_within(score, fold)
         rows.append({"size": size, "features": name, "model": kind, "auc": binary_auc(y_ref, r),
                      "with_own": binary_auc(y_ref, (r + own) / 2), "with_blend": binary_auc(y_ref, (r + blend) / 2)})
     return rows
