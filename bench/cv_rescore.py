@@ -13,7 +13,9 @@ mean of the photo and its mirror image) are extracted once at ``--size``. On eac
 regression on the grade and a logistic regression on referable DR, their penalty chosen by a
 patient-grouped 5-fold search inside the fold's training photos (its train and val splits: nothing
 else is tuned on them), score the fold's test photos. Each fold's scores are ranked within the fold before
-pooling (the fold models' scales differ), alone and averaged with the fine-tuned model's ranks.
+pooling (the fold models' scales differ), alone and averaged with the fine-tuned model's ranks. The
+ridge's grades come from QWK cut-points tuned on that search's out-of-fold predictions of the
+training photos, and their pooled QWK is printed beside the fine-tuned folds' own.
 
     python bench/cv_rescore.py resolution --cv-dir cv --cache-size 640 --sizes 448 512 576 640
     python bench/cv_rescore.py probe --cv-dir cv --size 384 --size 768
@@ -37,13 +39,13 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from scipy.stats import rankdata  # noqa: E402
-from sweep import _data_key  # noqa: E402
+from sweep import data_key  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from dr_core.checkpoint import load_checkpoint  # noqa: E402
 from dr_core.config import Params, params_from_dict  # noqa: E402
 from dr_core.crossval import read_folds  # noqa: E402
-from dr_core.cutpoints import decide_grades  # noqa: E402
+from dr_core.cutpoints import apply_cutpoints, decide_grades, optimize_cutpoints  # noqa: E402
 from dr_core.evaluate import load_raw_images  # noqa: E402
 from dr_core.eyes import fellow_eye_predictions  # noqa: E402
 from dr_core.inference import predict_probs  # noqa: E402
@@ -60,7 +62,7 @@ def fold_runs(cv_dir: Path, variant: str, seed: int) -> list[dict[str, Any]]:
     folds = []
     for run in sorted((cv_dir / "runs").glob(f"{variant}-s{seed}-f*")):
         params_yaml = yaml.safe_load((run / "params.yaml").read_text())
-        data = cv_dir / "data" / _data_key(flatten(params_yaml))
+        data = cv_dir / "data" / data_key(flatten(params_yaml))
         model = run / "models" / "best_model.pth"
         if not (model.exists() and (run / "results" / "predictions.csv").exists()):
             log.warning("%s: no model or predictions, skipped (an unfinished fold)", run)
@@ -162,9 +164,10 @@ def frozen_features(images: np.ndarray, model: torch.nn.Module, batch_size: int 
 
 
 def _fit_score(kind: str, x_tr: np.ndarray, y_tr: np.ndarray, groups: np.ndarray, x_te: np.ndarray,
-               referable_grade: int) -> tuple[np.ndarray, float]:
+               referable_grade: int) -> tuple[np.ndarray, float, np.ndarray]:
     """Test scores of a ridge (on the grade) or logistic (on referable) model, its penalty chosen by a
-    patient-grouped 5-fold search on the training photos for referable AUC."""
+    patient-grouped 5-fold search on the training photos for referable AUC; also the chosen penalty
+    and that search's out-of-fold scores of the training photos (where a ridge's cut-points are tuned)."""
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.model_selection import GroupKFold
     from sklearn.preprocessing import StandardScaler
@@ -181,15 +184,15 @@ def _fit_score(kind: str, x_tr: np.ndarray, y_tr: np.ndarray, groups: np.ndarray
     def score(m: Any, x: np.ndarray) -> np.ndarray:
         return m.predict(x) if kind == "ridge" else m.decision_function(x)
 
-    best, best_auc = grid[0], -1.0
+    best, best_auc, best_inner = grid[0], -1.0, np.zeros(len(y_tr))
     for c in grid:
         inner = np.zeros(len(y_tr))
         for a, b in GroupKFold(5).split(x_tr, y_tr, groups):
             inner[b] = score(make(c).fit(x_tr[a], target[a]), x_tr[b])
         auc = binary_auc(y_tr >= referable_grade, inner)
         if auc > best_auc:
-            best, best_auc = c, auc
-    return score(make(best).fit(x_tr, target), x_te), best
+            best, best_auc, best_inner = c, auc, inner
+    return score(make(best).fit(x_tr, target), x_te), best, best_inner
 
 
 def _rank_within(score: np.ndarray, fold: np.ndarray) -> np.ndarray:
@@ -218,36 +221,46 @@ def probe(folds: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
     row_of = {pid: i for i, pid in enumerate(photos["id"])}
     test_rows = np.array([row_of[i] for i in tested["id"]])
     y, groups = photos["grade"].to_numpy(), photos["patient"].to_numpy()
+    num_classes = int(params.model.num_classes)
     probe_scores: dict[tuple[str, str], np.ndarray] = {}
+    probe_grades: dict[str, np.ndarray] = {}  # the ridge's grades, at cut-points tuned on its training photos
     for k in (f["fold"] for f in folds):
         te = test_rows[fold == k]
         tr = np.setdiff1d(np.arange(len(photos)), te)
         for name, x in feats.items():
             for kind in ("ridge", "logistic"):
-                s, c = _fit_score(kind, x[tr], y[tr], groups[tr], x[te], ref_grade)
+                s, c, inner = _fit_score(kind, x[tr], y[tr], groups[tr], x[te], ref_grade)
                 probe_scores.setdefault((name, kind), np.zeros(len(tested)))[fold == k] = s
+                if kind == "ridge":
+                    cuts = optimize_cutpoints(y[tr], inner, num_classes)
+                    probe_grades.setdefault(name, np.zeros(len(tested), dtype=np.int64))[fold == k] = \
+                        apply_cutpoints(s, cuts)
                 log.info("fold %d, %s, %s: penalty %g, test AUC %.3f", k, name, kind, c,
                          binary_auc(y[te] >= ref_grade, s))
-    y_ref = y[test_rows] >= ref_grade
+    y_test = y[test_rows]
+    y_ref = y_test >= ref_grade
     probs = tested[[c for c in tested.columns if c.startswith("prob_")]].to_numpy()
     own = _rank_within(referable_score(probs, ref_grade), fold)
     blend = _rank_within(tested["referable_score"].to_numpy(), fold)
+    qwk = lambda grades: quadratic_weighted_kappa(y_test, grades, num_classes)  # noqa: E731
     rows = [{"size": size, "features": "fine-tuned fold models", "model": "-", "auc": binary_auc(y_ref, own),
-             "with_own": None, "with_blend": binary_auc(y_ref, blend)}]
+             "with_own": None, "with_blend": binary_auc(y_ref, blend), "qwk": qwk(tested["pred_grade"].to_numpy())}]
     for (name, kind), score in probe_scores.items():
         r = _rank_within(score, fold)
         rows.append({"size": size, "features": name, "model": kind, "auc": binary_auc(y_ref, r),
-                     "with_own": binary_auc(y_ref, (r + own) / 2), "with_blend": binary_auc(y_ref, (r + blend) / 2)})
+                     "with_own": binary_auc(y_ref, (r + own) / 2), "with_blend": binary_auc(y_ref, (r + blend) / 2),
+                     "qwk": qwk(probe_grades[name]) if kind == "ridge" else None})
     return rows
 
 
 def probe_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| input size | features | model | pooled test AUC | averaged with the fine-tuned model: "
-             "without / with its blend |", "|---|---|---|---|---|"]
+             "without / with its blend | pooled test QWK (cut-points) |", "|---|---|---|---|---|---|"]
     for r in rows:
         both = "-" if r["with_own"] is None else f"{r['with_own']:.3f} / {r['with_blend']:.3f}"
         first = f"{r['auc']:.3f}" + (f" ({r['with_blend']:.3f} with the blend)" if r["with_own"] is None else "")
-        lines.append(f"| {r['size']} px | {r['features']} | {r['model']} | {first} | {both} |")
+        qwk = "-" if r.get("qwk") is None else f"{r['qwk']:.3f}"
+        lines.append(f"| {r['size']} px | {r['features']} | {r['model']} | {first} | {both} | {qwk} |")
     return "\n".join(lines)
 
 

@@ -48,7 +48,9 @@ from dr_core.presets import PATH_KEYS, merged, read_preset, unflatten  # noqa: E
 DATA_PREFIXES = ("seed", "data.", "split.", "model.num_classes", "preprocess.")
 
 
-def _data_key(flat: dict[str, Any]) -> str:
+def data_key(flat: dict[str, Any]) -> str:
+    """Name of the data folder (split and cache) a run's flattened params need: runs that agree on
+    every data, split and preprocessing key share one."""
     part = {k: v for k, v in sorted(flat.items()) if k.startswith(DATA_PREFIXES)}
     return hashlib.sha1(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -84,7 +86,7 @@ def plan(preset: Path, variants: list[str], seeds: list[int], extra: dict[str, A
                 flat = merged(ROOT / "params.yaml", {**base, **VARIANTS[name][0], **split, "seed": seed})
                 for key in PATH_KEYS:
                     flat[key] = str((ROOT / str(flat[key])).resolve())
-                run = {"variant": name, "seed": seed, "params": flat, "data_key": _data_key(flat)}
+                run = {"variant": name, "seed": seed, "params": flat, "data_key": data_key(flat)}
                 if fold is not None:
                     run["fold"] = fold
                 runs.append(run)

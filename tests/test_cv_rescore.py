@@ -84,7 +84,7 @@ def test_rescoring_at_the_training_size_repeats_the_evaluate_stage(two_folds, tm
 
 @pytest.mark.slow
 def test_probes_are_fitted_on_each_fold_without_its_test_photos(two_folds, tmp_path, monkeypatch):
-    out, _ = two_folds
+    out, sweep_rows = two_folds
     seen = []
     fit = cv_rescore._fit_score
 
@@ -100,6 +100,11 @@ def test_probes_are_fitted_on_each_fold_without_its_test_photos(two_folds, tmp_p
         ("fine-tuned fold models", "-"), ("final avg", "ridge"), ("final avg", "logistic"),
         ("stages", "ridge"), ("stages", "logistic")]
     assert all(0.0 <= r["auc"] <= 1.0 for r in rows)
+    # QWK: the fine-tuned folds' own grades pooled as dr_core.crossval pools them; a ridge's grades at
+    # cut-points tuned on its training photos; none for the referable-only logistic model
+    assert rows[0]["qwk"] == pytest.approx(sweep_rows[2]["qwk"], abs=1e-6)
+    assert [r["qwk"] is None for r in rows] == [False, False, True, False, True]
+    assert all(-1.0 <= r["qwk"] <= 1.0 for r in rows if r["qwk"] is not None)
     tested = [pd.read_csv(out / "runs" / f"preset-s1-f{k}" / "results" / "predictions.csv") for k in (0, 1)]
     assert [(n_tr, n_te) for n_tr, n_te, _ in seen[::4]] == [(100 - len(t), len(t)) for t in tested]
     for (_, _, groups), t in zip(seen[::4], tested):
