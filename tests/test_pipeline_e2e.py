@@ -122,7 +122,8 @@ def test_queued_experiments_run_in_parallel_and_reuse_the_cache(project):
 
 
 def test_ablation_script_queues_runs_and_tabulates(tmp_path):
-    """bench/ablation.py end to end on a tiny preset: 2 variants x 1 seed as queued experiments."""
+    """bench/ablation.py end to end on a tiny preset: 2 variants x 2 patient-level folds of 1 seed as
+    queued experiments, each fold testing its own half of the photos."""
     dest = make_project_copy(tmp_path, {})
     preset = {k: v for k, v in TINY.items()}
     preset["train"] = {**TINY["train"], "loss": "regression"}
@@ -131,11 +132,18 @@ def test_ablation_script_queues_runs_and_tabulates(tmp_path):
     _run(["git", "add", "-A"], dest)
     _run(["git", "commit", "-qm", "tiny preset"], dest)
     out = _run([sys.executable, "bench/ablation.py", "all", "--preset", "presets/tiny.yaml", "--seeds", "7",
-                "--variants", "preset", "ordinal", "-j", "2", "--deadline-s", "600", "--out", "table.md"], dest)
+                "--folds", "2", "--variants", "preset", "ordinal", "-j", "2", "--deadline-s", "900",
+                "--out", "table.md"], dest)
     table = (dest / "table.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| preset ") or line.startswith("| ordinal ")]
     assert len(rows) == 2, out[-3000:]
-    assert all("| 1 |" in row for row in rows)  # one seed each, with metrics
+    assert all("| 2 |" in row for row in rows), table  # two folds each, with metrics
     shown = json.loads(_run(["dvc", "exp", "show", "--all-commits", "--json"], dest, stdout_only=True))
-    names = {rev.get("name") for row in shown for e in (row.get("experiments") or []) for rev in e["revs"]}
-    assert {"abl-preset-s7", "abl-ordinal-s7"} <= names
+    revs = {rev.get("name"): rev for row in shown for e in (row.get("experiments") or []) for rev in e["revs"]}
+    names = [f"abl-{v}-s7-f{k}" for v in ("preset", "ordinal") for k in (0, 1)]
+    assert set(names) <= set(revs), sorted(map(str, revs))
+    for v in ("preset", "ordinal"):
+        split = [revs[f"abl-{v}-s7-f{k}"]["data"]["metrics"]["metrics/split.json"]["data"] for k in (0, 1)]
+        assert [s["folds"] for s in split] == [2, 2] and [s["test_fold"] for s in split] == [0, 1]
+        # the two test folds partition the photos
+        assert sum(s["splits"]["test"]["n_images"] for s in split) == split[0]["n_images"]
