@@ -72,12 +72,16 @@ class SplitConfig:
     seed) and fold ``fold`` is the test split, in place of a ``test`` fraction: running every
     ``fold`` from 0 to ``folds - 1`` tests each photograph exactly once (cross-validation). Val is
     then drawn from the other folds, still ``val`` of all photographs.
+
+    ``train_fraction`` below 1 trains on that stratified share of the training patient groups only,
+    with val and test unchanged: the points of a learning curve (how much would more photos help?).
     """
 
     val: float = 0.2
     test: float = 0.2
     folds: int = 0  # 0: one held-out test fraction; K >= 2: test is fold `fold` of K
     fold: int = 0
+    train_fraction: float = 1.0  # < 1: train on this share of the training patients (a learning curve)
 
     @property
     def test_fraction(self) -> float:
@@ -91,6 +95,8 @@ class SplitConfig:
         _check(0 <= self.fold < max(self.folds, 1), "split.fold", self.fold,
                f"a fold in 0..{self.folds - 1} (split.folds is {self.folds})" if self.folds
                else "0 while split.folds is 0 (set split.folds to cross-validate)")
+        _check(0.0 < self.train_fraction <= 1.0, "split.train_fraction", self.train_fraction,
+               "a fraction in (0, 1]; 1 trains on every training photograph")
         what = "split.val + 1 / split.folds" if self.folds else "split.val + split.test"
         _check(self.val + self.test_fraction < 0.9, what, self.val + self.test_fraction,
                "below 0.9, so that something is left to train on")

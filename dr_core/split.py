@@ -99,9 +99,31 @@ def assign_folds(grades: np.ndarray, groups: np.ndarray, folds: int, fold: int, 
     return index
 
 
+UNUSED = len(SPLITS)  # split index of training photographs left out by ``split.train_fraction``
+
+
+def thin_train(index: np.ndarray, grades: np.ndarray, groups: np.ndarray, fraction: float, num_classes: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """``index`` with all but a stratified ``fraction`` of the training groups marked ``UNUSED``.
+
+    Val and test keep their photographs; the training groups are cut by the same greedy
+    stratification as the splits, drawing from ``rng`` after them, so the kept share is the only
+    thing that changes with the fraction.
+    """
+    if fraction >= 1.0:
+        return index
+    train = index == 0
+    train_groups = np.unique(groups[train], return_inverse=True)[1]
+    part = assign_splits(grades[train], train_groups, (fraction, 1.0 - fraction), num_classes, rng)
+    out = index.copy()
+    out[np.flatnonzero(train)[part == 1]] = UNUSED
+    return out
+
+
 def make_splits(table: pd.DataFrame, split: SplitConfig, num_classes: int,
                 seed: int) -> dict[str, pd.DataFrame]:
-    """Train/val/test frames with columns ``id,file,grade,patient,group``, in CSV order."""
+    """Train/val/test frames with columns ``id,file,grade,patient,group``, in CSV order, and, when
+    ``split.train_fraction`` < 1, ``unused``: the training photographs left out."""
     grades, groups = table["grade"].to_numpy(), table["group"].to_numpy()
     rng = np.random.default_rng(seed)
     if split.folds:
@@ -109,7 +131,9 @@ def make_splits(table: pd.DataFrame, split: SplitConfig, num_classes: int,
     else:
         index = assign_splits(grades, groups, (1.0 - split.val - split.test, split.val, split.test),
                               num_classes, rng)
-    return {name: table.loc[index == i, COLUMNS].reset_index(drop=True) for i, name in enumerate(SPLITS)}
+    index = thin_train(index, grades, groups, split.train_fraction, num_classes, rng)
+    names = SPLITS + (("unused",) if split.train_fraction < 1.0 else ())
+    return {name: table.loc[index == i, COLUMNS].reset_index(drop=True) for i, name in enumerate(names)}
 
 
 def split_summary(splits: dict[str, pd.DataFrame], num_classes: int) -> dict:
@@ -136,7 +160,8 @@ def run_split(labels_csv: Path, img_dir: Path, out_dir: Path, data: DataConfig, 
               num_classes: int, seed: int, workers: int = 0) -> dict:
     """Validate, deduplicate and split; write the split CSVs and reports to ``out_dir``.
 
-    Writes ``train.csv``, ``val.csv``, ``test.csv`` (``id,file,grade,patient,group``),
+    Writes ``train.csv``, ``val.csv``, ``test.csv`` (``id,file,grade,patient,group``; also
+    ``unused.csv``, the training photographs left out, when ``split.train_fraction`` < 1),
     ``bad_images.csv``, ``duplicates.csv`` and ``summary.json``, each atomically.
 
     Args:
@@ -164,6 +189,12 @@ def run_split(labels_csv: Path, img_dir: Path, out_dir: Path, data: DataConfig, 
                        "patient groups (patients joined by duplicates)", labels_csv)
 
     splits = make_splits(good, split, num_classes, seed)
+    unused = splits.pop("unused", None)
+    if unused is not None:
+        logger.info("split.train_fraction %g: %d of %d training photographs kept (%d of %d patient groups); "
+                    "the other %d are in no split (unused.csv)", split.train_fraction, len(splits["train"]),
+                    len(splits["train"]) + len(unused), splits["train"]["group"].nunique(),
+                    splits["train"]["group"].nunique() + unused["group"].nunique(), len(unused))
     weights = class_weights(splits["train"]["grade"].to_numpy(), num_classes)
     logger.info("class weights (train): %s", " ".join(f"{g}:{w:.3f}" for g, w in enumerate(weights)))
     summary = {
@@ -178,11 +209,17 @@ def run_split(labels_csv: Path, img_dir: Path, out_dir: Path, data: DataConfig, 
     }
     if split.folds:
         summary.update(folds=split.folds, test_fold=split.fold)
+    if unused is not None:
+        summary.update(train_fraction=split.train_fraction, n_train_unused=len(unused))
     logger.info("%d photographs kept, %d bad, %d duplicate groups (%d exact, %d near pairs)",
                 len(good), len(bad), summary["n_duplicate_groups"], len(exact), len(near))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {**splits, "bad_images": bad[["id", "file", "reason"]], "duplicates": duplicates}
+    if unused is not None:
+        tables["unused"] = unused
+    else:
+        (out_dir / "unused.csv").unlink(missing_ok=True)  # from an earlier run with a fraction
     for name, frame in tables.items():
         write_atomic(out_dir / f"{name}.csv", lambda p, f=frame: f.to_csv(p, index=False))
     write_atomic(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))

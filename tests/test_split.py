@@ -87,11 +87,42 @@ def test_make_splits_uses_the_fold_only_when_folds_are_set():
     assert sum(map(len, tests)) == 60 and set().union(*tests) == set(table["id"])
 
 
+def test_train_fraction_thins_train_by_whole_patients_and_leaves_val_and_test_alone():
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({"id": [f"p{i}" for i in range(300)], "file": "x.png",
+                          "grade": np.repeat(rng.choice(5, 150, p=[0.6, 0.1, 0.2, 0.05, 0.05]), 2),
+                          "patient": [f"p{i // 2}" for i in range(300)], "group": np.arange(300) // 2})
+    for settings in ({}, {"folds": 5, "fold": 2}):
+        full = make_splits(table, SplitConfig(**settings), 5, seed=3)
+        half = make_splits(table, SplitConfig(**settings, train_fraction=0.5), 5, seed=3)
+        assert "unused" not in full and half["val"].equals(full["val"]) and half["test"].equals(full["test"])
+        kept, left = set(half["train"]["id"]), set(half["unused"]["id"])
+        assert not kept & left and kept | left == set(full["train"]["id"])  # nothing lost, nothing twice
+        assert abs(len(kept) / len(full["train"]) - 0.5) < 0.05
+        assert not set(half["train"]["patient"]) & set(half["unused"]["patient"])  # patients stay whole
+        assert set(half["train"]["grade"]) == set(range(5))  # still stratified: every grade kept
+        quarter = set(make_splits(table, SplitConfig(**settings, train_fraction=0.25), 5, seed=3)["train"]["id"])
+        assert 0.2 < len(quarter) / len(full["train"]) < 0.3
+
+
+def test_run_split_with_a_train_fraction_reports_what_it_leaves_out(tmp_path):
+    csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE, "eyepacs")
+    summary = run_split(csv, img_dir, tmp_path / "s", DataConfig(), SplitConfig(train_fraction=0.5), 5, 1, workers=1)
+    unused = pd.read_csv(tmp_path / "s" / "unused.csv")
+    assert summary["train_fraction"] == 0.5 and summary["n_train_unused"] == len(unused) > 0
+    assert summary["splits"]["train"]["n_images"] + len(unused) + summary["splits"]["val"]["n_images"] \
+        + summary["splits"]["test"]["n_images"] == summary["n_images"]
+    plain = run_split(csv, img_dir, tmp_path / "s", DataConfig(), SplitConfig(), 5, 1, workers=1)
+    assert "train_fraction" not in plain and not (tmp_path / "s" / "unused.csv").exists()  # no stale file
+
+
 @pytest.mark.parametrize(("settings", "message"), [
     ({"folds": 1}, r"split.folds: got 1, expected 0 .* or a number of folds >= 2"),
     ({"folds": 5, "fold": 5}, r"split.fold: got 5, expected a fold in 0..4 \(split.folds is 5\)"),
     ({"fold": 2}, r"split.fold: got 2, expected 0 while split.folds is 0"),
     ({"folds": 2, "val": 0.45}, r"split.val \+ 1 / split.folds: got 0.95"),
+    ({"train_fraction": 0.0}, r"split.train_fraction: got 0.0, expected a fraction in \(0, 1\]"),
+    ({"train_fraction": 1.5}, r"split.train_fraction: got 1.5"),
 ])
 def test_fold_settings_are_checked(settings, message):
     with pytest.raises(ValueError, match=message):
