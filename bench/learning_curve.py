@@ -72,8 +72,12 @@ def curve(points: list[dict[str, Any]], targets: dict[str, float]) -> dict[str, 
     for key, _, _ in FIGURES:
         if len(rows) >= 2:
             a, b = fit_log2(shares, np.array([r[key] for r in rows]))
+            # the two largest shares alone: a curve that flattens reaches the target later than the fit says
+            (s0, v0), (s1, v1) = [(r["share"], r[key]) for r in rows[-2:]]
+            last = (v1 - v0) / np.log2(s1 / s0)
             fits[key] = {"a": a, "per_doubling": b, "target": targets[key],
-                         "share_at_target": share_reaching(targets[key], a, b)}
+                         "share_at_target": share_reaching(targets[key], a, b), "last_per_doubling": float(last),
+                         "share_at_target_last": share_reaching(targets[key], v1 - last * np.log2(s1), last)}
     return {"rows": rows, "fits": fits}
 
 
@@ -105,6 +109,11 @@ def table(result: dict[str, Any], train_photos: float | None) -> str:
                  f"at {reach:.1f}x the largest share{photos(reach)}, extrapolated")
         lines.append(f"\n{name}: {fit['per_doubling']:+.3f} per doubling of the training photos "
                      f"(least squares on log2 of the share); {fit['target']:.2f} {where}.")
+        if len(result["rows"]) > 2:
+            reach = fit["share_at_target_last"]
+            where = ("never" if reach is None else f"at {reach:.1f}x the largest share{photos(reach)}")
+            lines.append(f"Between the two largest shares alone: {fit['last_per_doubling']:+.3f} per doubling; "
+                         f"{fit['target']:.2f} {where} at that rate.")
     return "\n".join(lines)
 
 

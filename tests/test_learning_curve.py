@@ -40,6 +40,7 @@ def test_each_doubling_of_the_photos_is_fitted_and_extrapolated_to_the_target(tm
     text = capsys.readouterr().out
     assert "| 0.25 (about 100 photos) | 0.690 | 0.700 (0.640-0.750) | -0.100 (-0.120 to -0.080) |" in text
     assert "0.85 at 2.0x the largest share (about 800 photos), extrapolated" in text
+    assert auc["last_per_doubling"] == pytest.approx(0.05) and auc["share_at_target_last"] == pytest.approx(2.0)
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
