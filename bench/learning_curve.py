@@ -39,7 +39,7 @@ def load_point(spec: str, variant: str, seed: int) -> dict[str, Any]:
     if not pooled:
         raise ValueError(f"{path}: no out_of_fold row for {variant} seed {seed}; was it a finished "
                          f"bench/sweep.py --folds run of that variant and seed?")
-    return {"share": share, "path": path, "pooled": pooled[-1], "folds": folds}
+    return {"share": share, "pooled": pooled[-1], "folds": folds}
 
 
 def fit_log2(shares: np.ndarray, values: np.ndarray) -> tuple[float, float]:
@@ -69,15 +69,14 @@ def curve(points: list[dict[str, Any]], targets: dict[str, float]) -> dict[str, 
         rows.append(row)
     fits = {}
     shares = np.array([r["share"] for r in rows])
-    for key, _, _ in FIGURES:
-        if len(rows) >= 2:
-            a, b = fit_log2(shares, np.array([r[key] for r in rows]))
-            # the two largest shares alone: a curve that flattens reaches the target later than the fit says
-            (s0, v0), (s1, v1) = [(r["share"], r[key]) for r in rows[-2:]]
-            last = (v1 - v0) / np.log2(s1 / s0)
-            fits[key] = {"a": a, "per_doubling": b, "target": targets[key],
-                         "share_at_target": share_reaching(targets[key], a, b), "last_per_doubling": float(last),
-                         "share_at_target_last": share_reaching(targets[key], v1 - last * np.log2(s1), last)}
+    for key, _, _ in FIGURES if len(rows) >= 2 else ():
+        a, b = fit_log2(shares, np.array([r[key] for r in rows]))
+        # the two largest shares alone: a curve that flattens reaches the target later than the fit says
+        (s0, v0), (s1, v1) = [(r["share"], r[key]) for r in rows[-2:]]
+        last = (v1 - v0) / np.log2(s1 / s0)
+        fits[key] = {"a": a, "per_doubling": b, "target": targets[key],
+                     "share_at_target": share_reaching(targets[key], a, b), "last_per_doubling": float(last),
+                     "share_at_target_last": share_reaching(targets[key], v1 - last * np.log2(s1), last)}
     return {"rows": rows, "fits": fits}
 
 
