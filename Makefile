@@ -27,7 +27,7 @@ repro: $(STAMP)
 # CPU cores; leaves models/best_model.pth and results/ like `make repro`.
 real-cpu: $(STAMP)
 	@test -f $(REAL_DATA)/labels.csv || (echo "drgrade: $(REAL_DATA)/labels.csv not found; edit data.* in presets/real-cpu.yaml" >&2; exit 1)
-	$(BIN)/dvc exp run evaluate $$($(BIN)/python -m dr_core.presets presets/real-cpu.yaml)
+	$(BIN)/dvc exp run evaluate $$($(BIN)/python -m dr_core.cli.presets presets/real-cpu.yaml)
 
 # The same preset cross-validated: five patient-level folds, each photo tested once, the folds'
 # predictions pooled (bench/sweep.py --folds); five trainings, about 70 min on 2 CPU cores. Tables in cv/cv.md.

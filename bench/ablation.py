@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dr_core.presets import merged, read_preset, to_set_args  # noqa: E402
+from dr_core.config.presets import merged, read_preset, to_set_args  # noqa: E402
 
 # name -> (overrides on top of the preset, what it tests)
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {

@@ -42,17 +42,17 @@ from scipy.stats import rankdata  # noqa: E402
 from sweep import data_key  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from dr_core.checkpoint import load_checkpoint  # noqa: E402
+from dr_core.models.checkpoint import load_checkpoint  # noqa: E402
 from dr_core.config import Params, params_from_dict  # noqa: E402
-from dr_core.crossval import read_folds  # noqa: E402
-from dr_core.cutpoints import apply_cutpoints, decide_grades, optimize_cutpoints  # noqa: E402
-from dr_core.evaluate import load_raw_images  # noqa: E402
-from dr_core.eyes import fellow_eye_predictions  # noqa: E402
-from dr_core.inference import predict_probs  # noqa: E402
-from dr_core.metrics import binary_auc, quadratic_weighted_kappa, referable_score  # noqa: E402
-from dr_core.models import build_model, normalisation  # noqa: E402
-from dr_core.presets import flatten  # noqa: E402
-from dr_core.report import choose_cutpoints  # noqa: E402
+from dr_core.evaluation.crossval import read_folds  # noqa: E402
+from dr_core.evaluation.cutpoints import apply_cutpoints, decide_grades, optimize_cutpoints  # noqa: E402
+from dr_core.evaluation.evaluate import load_raw_images  # noqa: E402
+from dr_core.evaluation.eyes import fellow_eye_predictions  # noqa: E402
+from dr_core.evaluation.inference import predict_probs  # noqa: E402
+from dr_core.evaluation.metrics import binary_auc, quadratic_weighted_kappa, referable_score  # noqa: E402
+from dr_core.models.backbone import build_model, normalisation  # noqa: E402
+from dr_core.config.presets import flatten  # noqa: E402
+from dr_core.evaluation.report import choose_cutpoints  # noqa: E402
 
 log = logging.getLogger("cv_rescore")
 

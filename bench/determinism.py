@@ -30,7 +30,7 @@ import time
 import torch
 
 from dr_core.config import ModelConfig
-from dr_core.models import build_model, freeze_early_layers, frozen_modules_to_eval
+from dr_core.models.backbone import build_model, freeze_early_layers, frozen_modules_to_eval
 
 CASES = {  # name: (use_deterministic_algorithms, fill_uninitialized_memory)
     "nondeterministic": (False, True),

@@ -17,7 +17,7 @@ import time
 import torch
 
 from dr_core.config import ModelConfig
-from dr_core.models import build_model, freeze_early_layers, frozen_modules_to_eval
+from dr_core.models.backbone import build_model, freeze_early_layers, frozen_modules_to_eval
 
 CASES = ((0, False), (4, False), (8, False), (0, True), (8, True))  # (freeze_stride, channels_last)
 

@@ -28,11 +28,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dr_core.augment import build_transforms, to_tensor
-from dr_core.cache import build_cache
+from dr_core.data.augment import build_transforms, to_tensor
+from dr_core.data.cache import build_cache
 from dr_core.config import PreprocessConfig
-from dr_core.dataset import ArrayDataset, load_cache
-from dr_core.preprocess import apply_clahe, crop_to_fundus
+from dr_core.data.dataset import ArrayDataset, load_cache
+from dr_core.data.preprocess import apply_clahe, crop_to_fundus
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eyepacs-dev"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet, as timm models use

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from dr_core.config import PreprocessConfig
-from dr_core.preprocess import (apply_clahe, crop_to_fundus, pad_to_square, preprocess_file, preprocess_image,
+from dr_core.data.preprocess import (apply_clahe, crop_to_fundus, pad_to_square, preprocess_file, preprocess_image,
                                 read_fundus, reduction_factor, resize_to_fit)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -19,7 +19,7 @@ operating point chosen on val.
 
 ``--folds K`` runs each (variant, seed) K times, with ``split.folds: K`` and ``split.fold`` 0..K-1:
 every photograph is then tested once, and a third table pools the K test predictions (out-of-fold
-figures on all photographs, with patient-bootstrap intervals; ``dr_core.crossval``).
+figures on all photographs, with patient-bootstrap intervals; ``dr_core.evaluation.crossval``).
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from ablation import VARIANTS, mean_sd  # noqa: E402
 
-from dr_core.crossval import out_of_fold, read_folds  # noqa: E402
-from dr_core.presets import PATH_KEYS, merged, read_preset, unflatten  # noqa: E402
+from dr_core.evaluation.crossval import out_of_fold, read_folds  # noqa: E402
+from dr_core.config.presets import PATH_KEYS, merged, read_preset, unflatten  # noqa: E402
 
 # what the split and the cache depend on (the keys of dvc.yaml's split and preprocess stages)
 DATA_PREFIXES = ("seed", "data.", "split.", "model.num_classes", "preprocess.")
@@ -261,7 +261,7 @@ def paired(by_variant: dict[str, list[dict[str, Any]]], names: list[str], baseli
 
 def pooled(rows: list[dict[str, Any]], folds: int) -> list[dict[str, Any]]:
     """An ``out_of_fold`` row per (variant, seed) whose ``folds`` runs all finished: their test
-    predictions pooled (``dr_core.crossval``)."""
+    predictions pooled (``dr_core.evaluation.crossval``)."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
         if r.get("fold") is not None:

@@ -29,15 +29,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dr_core.augment import build_transforms
+from dr_core.data.augment import build_transforms
 from dr_core.config import ModelConfig, Params, TrainConfig
-from dr_core.dataset import ArrayDataset
-from dr_core.device import describe_device, pick_device, seed_everything
-from dr_core.engine import StepContext, run_epoch
-from dr_core.losses import build_loss, class_weights
-from dr_core.models import build_model, normalisation
-from dr_core.synthetic import render_fundus
-from dr_core.train import _stage_context
+from dr_core.data.dataset import ArrayDataset
+from dr_core.runtime.device import describe_device, pick_device, seed_everything
+from dr_core.training.engine import StepContext, run_epoch
+from dr_core.training.losses import build_loss, class_weights
+from dr_core.models.backbone import build_model, normalisation
+from dr_core.synthetic.demo import render_fundus
+from dr_core.training.fit import _stage_context
 
 CASES = {"s1_naive": "stage 1, naive frozen (train mode, model(x))",
          "s1_ours": "stage 1, run_epoch (eval backbone, no_grad)",

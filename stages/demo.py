@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from dr_core.config import GRADE_NAMES, load_params
-from dr_core.synthetic import make_demo_dataset
+from dr_core.synthetic.demo import make_demo_dataset
 
 logger = logging.getLogger("stages.demo")
 

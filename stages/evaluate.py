@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from dr_core.config import load_params
-from dr_core.evaluate import evaluate_cached
+from dr_core.evaluation.evaluate import evaluate_cached
 
 
 def main() -> int:

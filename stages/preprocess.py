@@ -1,11 +1,11 @@
-"""Stage `preprocess`: crop, CLAHE and resize every split image into data/cache (see dr_core.cache)."""
+"""Stage `preprocess`: crop, CLAHE and resize every split image into data/cache (see dr_core.data.cache)."""
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
 
-from dr_core.cache import build_cache
+from dr_core.data.cache import build_cache
 from dr_core.config import load_params
 
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from dr_core.config import load_params
-from dr_core.ingest import DataError
-from dr_core.split import run_split, write_atomic
+from dr_core.data.ingest import DataError
+from dr_core.data.split import run_split, write_atomic
 
 logger = logging.getLogger("stages.split")
 

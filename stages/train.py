@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from dr_core.config import load_params
-from dr_core.train import fit
+from dr_core.training.fit import fit
 
 
 def main() -> int:

@@ -2,7 +2,7 @@ import albumentations as A
 import numpy as np
 import pytest
 
-from dr_core.augment import build_transforms
+from dr_core.data.augment import build_transforms
 
 MEAN = STD = (0.5, 0.5, 0.5)
 

@@ -1,4 +1,4 @@
-"""dr_core.crossval: the folds' test predictions pooled into out-of-fold figures."""
+"""dr_core.evaluation.crossval: the folds' test predictions pooled into out-of-fold figures."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dr_core.crossval import out_of_fold, read_folds
-from dr_core.metrics import binary_auc, quadratic_weighted_kappa
+from dr_core.evaluation.crossval import out_of_fold, read_folds
+from dr_core.evaluation.metrics import binary_auc, quadratic_weighted_kappa
 
 
 def _fold(path: Path, ids: list[str], grades: list[int], preds: list[int], scores: list[float],

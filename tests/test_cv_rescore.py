@@ -79,7 +79,7 @@ def test_rescoring_at_the_training_size_repeats_the_evaluate_stage(two_folds, tm
         assert mine["auc"] == pytest.approx(sweep_rows[k]["auc"], abs=1e-6)
         assert mine["val_auc"] == pytest.approx(sweep_rows[k]["val_auc"], abs=1e-6)
         assert mine["qwk"] == pytest.approx(sweep_rows[k]["qwk"], abs=1e-6)
-    assert sweep_rows[2]["referable_auc"] == pytest.approx(rows[4]["auc"], abs=1e-6)  # pooled as dr_core.crossval
+    assert sweep_rows[2]["referable_auc"] == pytest.approx(rows[4]["auc"], abs=1e-6)  # pooled as dr_core.evaluation.crossval
 
 
 @pytest.mark.slow
@@ -100,7 +100,7 @@ def test_probes_are_fitted_on_each_fold_without_its_test_photos(two_folds, tmp_p
         ("fine-tuned fold models", "-"), ("final avg", "ridge"), ("final avg", "logistic"),
         ("stages", "ridge"), ("stages", "logistic")]
     assert all(0.0 <= r["auc"] <= 1.0 for r in rows)
-    # QWK: the fine-tuned folds' own grades pooled as dr_core.crossval pools them; a ridge's grades at
+    # QWK: the fine-tuned folds' own grades pooled as dr_core.evaluation.crossval pools them; a ridge's grades at
     # cut-points tuned on its training photos; none for the referable-only logistic model
     assert rows[0]["qwk"] == pytest.approx(sweep_rows[2]["qwk"], abs=1e-6)
     assert [r["qwk"] is None for r in rows] == [False, False, True, False, True]

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dr_core import dedup
-from dr_core.ingest import decode_reduced
+from dr_core.data import dedup
+from dr_core.data.ingest import decode_reduced
 from test_ingest import fundus_photo
 
 

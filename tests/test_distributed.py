@@ -8,14 +8,14 @@ import pytest
 import yaml
 
 from conftest import REPO, write_fake_cache
-from dr_core.augment import build_transforms
-from dr_core.checkpoint import load_checkpoint
+from dr_core.data.augment import build_transforms
+from dr_core.models.checkpoint import load_checkpoint
 from dr_core.config import params_from_dict
-from dr_core.data_loading import make_loaders
-from dr_core.distributed import DistInfo, ShardSampler
-from dr_core.inference import predict_probs
-from dr_core.dataset import load_cache
-from dr_core.metrics import accuracy, quadratic_weighted_kappa
+from dr_core.data.loaders import make_loaders
+from dr_core.runtime.distributed import DistInfo, ShardSampler
+from dr_core.evaluation.inference import predict_probs
+from dr_core.data.dataset import load_cache
+from dr_core.evaluation.metrics import accuracy, quadratic_weighted_kappa
 
 TINY = {"model": {"name": "resnet10t", "pretrained": False, "drop_path_rate": 0.0},
         "train": {"image_size": 48, "epochs_stage1": 1, "epochs_stage2": 1, "batch_size": 8,

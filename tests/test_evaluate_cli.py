@@ -13,9 +13,9 @@ import timm
 import torch
 
 from conftest import fake_fundus
-from dr_core.checkpoint import save_checkpoint
+from dr_core.models.checkpoint import save_checkpoint
 from dr_core.config import GRADE_NAMES, PreprocessConfig
-from dr_core.evaluate import main
+from dr_core.cli.evaluate import main
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from dr_core.cutpoints import (apply_cutpoints, decide_grades, default_cutpoints, expected_grade,
+from dr_core.evaluation.cutpoints import (apply_cutpoints, decide_grades, default_cutpoints, expected_grade,
                                optimize_cutpoints)
-from dr_core.heads import OrdinalLoss, RegressionLoss, head_for_loss, num_outputs, to_probs
-from dr_core.losses import build_loss
-from dr_core.metrics import quadratic_weighted_kappa, referable_score
+from dr_core.models.heads import OrdinalLoss, RegressionLoss, head_for_loss, num_outputs, to_probs
+from dr_core.training.losses import build_loss
+from dr_core.evaluation.metrics import quadratic_weighted_kappa, referable_score
 
 
 def test_head_widths():
@@ -73,10 +73,10 @@ def test_train_and_evaluate_with_a_non_classification_head(fake_cache, tmp_path,
     import json
 
     from conftest import write_fake_cache  # noqa: F401  (fixture module)
-    from dr_core.checkpoint import load_checkpoint
+    from dr_core.models.checkpoint import load_checkpoint
     from dr_core.config import params_from_dict
-    from dr_core.evaluate import evaluate_cached
-    from dr_core.train import fit
+    from dr_core.evaluation.evaluate import evaluate_cached
+    from dr_core.training.fit import fit
 
     params = params_from_dict({
         "model": {"name": "resnet10t", "pretrained": False, "drop_path_rate": 0.0},
@@ -101,7 +101,7 @@ def _check_fellow_eye_scopes(cache, tmp_path, cfg, alone):
 
     import pandas as pd
 
-    from dr_core.evaluate import evaluate_cached
+    from dr_core.evaluation.evaluate import evaluate_cached
 
     for split in ("val", "test"):
         table = pd.read_csv(cache / f"{split}.csv")
@@ -126,7 +126,7 @@ def _check_fellow_eye_scopes(cache, tmp_path, cfg, alone):
 
 
 def test_fellow_eye_blend_mixes_only_within_a_patient():
-    from dr_core.eyes import blend_fellow_eyes
+    from dr_core.evaluation.eyes import blend_fellow_eyes
 
     probs = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])
     out = blend_fellow_eyes(probs, ["7", "7", "8"], 0.25)
@@ -139,7 +139,7 @@ def test_fellow_eye_blend_mixes_only_within_a_patient():
 
 
 def test_fellow_eye_scope_decides_what_the_blend_changes():
-    from dr_core.eyes import fellow_eye_predictions
+    from dr_core.evaluation.eyes import fellow_eye_predictions
 
     probs = np.array([[0.9, 0.1, 0, 0, 0], [0, 0, 0.2, 0.8, 0], [0, 0, 1.0, 0, 0]])
     patients = ["7", "7", "8"]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from dr_core.config import DataConfig
-from dr_core.ingest import (DataError, check_image, check_images, decode_reduced,
+from dr_core.data.ingest import (DataError, check_image, check_images, decode_reduced,
                             enforce_bad_image_policy, find_image_files, missing_files_message,
                             read_labels)
 

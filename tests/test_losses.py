@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dr_core.losses import FocalLoss, build_loss, class_weights
+from dr_core.training.losses import FocalLoss, build_loss, class_weights
 
 
 def reference_focal(logits, target, gamma, alpha=None):

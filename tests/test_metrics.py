@@ -9,9 +9,9 @@ import pytest
 from sklearn.metrics import (balanced_accuracy_score, cohen_kappa_score, f1_score, precision_recall_fscore_support,
                              roc_auc_score)
 
-from dr_core import metrics as m
-from dr_core.bootstrap import GroupSampler, bootstrap_ci
-from dr_core.calibration import brier_score, expected_calibration_error, log_loss, reliability_bins
+from dr_core.evaluation import metrics as m
+from dr_core.evaluation.bootstrap import GroupSampler, bootstrap_ci
+from dr_core.evaluation.calibration import brier_score, expected_calibration_error, log_loss, reliability_bins
 
 
 def onehot_probs(grades: list[int], num_classes: int = 5, confidence: float = 0.9) -> np.ndarray:

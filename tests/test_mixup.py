@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from dr_core.engine import StepContext, run_epoch
-from dr_core.heads import head_for_loss, num_outputs
-from dr_core.losses import build_loss
-from dr_core.mixup import mix_batch, mixed_loss
+from dr_core.training.engine import StepContext, run_epoch
+from dr_core.models.heads import head_for_loss, num_outputs
+from dr_core.training.losses import build_loss
+from dr_core.training.mixup import mix_batch, mixed_loss
 
 
 def test_alpha_zero_returns_the_batch_unchanged():

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from dr_core.config import ModelConfig
-from dr_core.models import (WeightsError, build_model, builtin_state_dict, early_parameter_names,
+from dr_core.models.backbone import (WeightsError, build_model, builtin_state_dict, early_parameter_names,
                             freeze_early_layers, frozen_modules_to_eval, normalisation)
 
 EGYPTIAN_CAT, TABBY, TIGER_CAT = 285, 281, 282
@@ -49,7 +49,7 @@ def test_builtin_weights_get_a_new_head():
 
 @pytest.mark.parametrize("pool, width", [("avg", 1280), ("avgmax", 1280), ("catavgmax", 2560), ("gem", 1280)])
 def test_global_pool_reaches_the_head_and_survives_a_checkpoint(tmp_path, pool, width):
-    from dr_core.checkpoint import load_checkpoint, save_checkpoint
+    from dr_core.models.checkpoint import load_checkpoint, save_checkpoint
 
     model = build_model(ModelConfig(pretrained_file="builtin", global_pool=pool), outputs=1).eval()
     assert model.get_classifier().in_features == width
@@ -69,8 +69,8 @@ def test_global_pool_reaches_the_head_and_survives_a_checkpoint(tmp_path, pool, 
 
 
 def test_gem_keeps_the_pretrained_backbone_and_learns_its_power(tmp_path):
-    from dr_core.checkpoint import load_checkpoint, save_checkpoint
-    from dr_core.models import GeM
+    from dr_core.models.checkpoint import load_checkpoint, save_checkpoint
+    from dr_core.models.backbone import GeM
 
     model = build_model(ModelConfig(pretrained_file="builtin", global_pool="gem"), outputs=1)
     assert isinstance(model.global_pool, GeM)
@@ -92,7 +92,7 @@ def test_gem_keeps_the_pretrained_backbone_and_learns_its_power(tmp_path):
 
 
 def test_gem_refuses_a_model_without_timm_pooling():
-    from dr_core.models import attach_gem
+    from dr_core.models.backbone import attach_gem
 
     with pytest.raises(ValueError, match="model.global_pool=gem: .*use avg"):
         attach_gem(torch.nn.Linear(2, 2))
@@ -128,7 +128,7 @@ def test_missing_weights_file():
 
 
 def test_hub_download_offline_says_how_to_use_a_local_file():
-    code = ("from dr_core.models import build_model; from dr_core.config import ModelConfig\n"
+    code = ("from dr_core.models.backbone import build_model; from dr_core.config import ModelConfig\n"
             "build_model(ModelConfig(name='resnet10t', pretrained=True, pretrained_file=''))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -172,8 +172,8 @@ def test_frozen_layers_stay_in_eval_mode():
 
 @pytest.mark.parametrize("pool", ["catavgmax", "gem"])
 def test_head_norm_puts_unit_scale_features_before_the_linear_layer(tmp_path, pool):
-    from dr_core.checkpoint import load_checkpoint, save_checkpoint
-    from dr_core.models import head_parameters
+    from dr_core.models.checkpoint import load_checkpoint, save_checkpoint
+    from dr_core.models.backbone import head_parameters
 
     model = build_model(ModelConfig(pretrained_file="builtin", global_pool=pool, head_norm=True), outputs=1)
     head = model.get_classifier()
@@ -210,7 +210,7 @@ def test_head_norm_puts_unit_scale_features_before_the_linear_layer(tmp_path, po
 
 
 def test_head_norm_refuses_a_model_without_a_linear_classifier():
-    from dr_core.models import attach_head_norm
+    from dr_core.models.backbone import attach_head_norm
 
     with pytest.raises(ValueError, match="model.head_norm: Linear .*it has no get_classifier.*set model.head_norm=false"):
         attach_head_norm(torch.nn.Linear(2, 2))

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from conftest import fake_fundus
-from dr_core.checkpoint import load_checkpoint, save_checkpoint
+from dr_core.models.checkpoint import load_checkpoint, save_checkpoint
 from dr_core.config import GRADE_NAMES, PreprocessConfig
-from dr_core.gradcam import GradCamError, feature_module, grad_cam, overlay_heatmap, side_by_side
-from dr_core.inference import predict_probs
-from dr_core.predict import main, threshold_from_metrics
-from dr_core.preprocess import preprocess_image, read_fundus
+from dr_core.evaluation.gradcam import GradCamError, feature_module, grad_cam, overlay_heatmap, side_by_side
+from dr_core.evaluation.inference import predict_probs
+from dr_core.cli.predict import main
+from dr_core.evaluation.predict import threshold_from_metrics
+from dr_core.data.preprocess import preprocess_image, read_fundus
 
 
 class RedSpotNet(nn.Module):
@@ -249,7 +250,7 @@ def test_metrics_json_reads_the_operating_point_beside_it(photos, tmp_path: Path
 
 
 def test_gradcam_captions_show_the_blended_score(photos, tmp_path: Path, monkeypatch) -> None:
-    import dr_core.predict as predict
+    import dr_core.evaluation.predict as predict
 
     model_path, folder = photos
     eyes = _eyes(folder, tmp_path, {"eye0.png": "10_left.png", "eye2.png": "10_right.png"})

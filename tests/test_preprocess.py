@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from dr_core.config import PreprocessConfig
-from dr_core.fundus_crop import fundus_bbox
-from dr_core.preprocess import (apply_clahe, ben_graham, circular_mask, crop_to_fundus, pad_to_square,
+from dr_core.data.fundus_crop import fundus_bbox
+from dr_core.data.preprocess import (apply_clahe, ben_graham, circular_mask, crop_to_fundus, pad_to_square,
                                 preprocess_image, read_fundus, reduction_factor, resize_to_fit)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from dr_core.config import ConfigError
-from dr_core.presets import main, merged, read_preset, to_set_args
+from dr_core.cli.presets import main
+from dr_core.config.presets import merged, read_preset, to_set_args
 
 ROOT = Path(__file__).resolve().parents[1]
 

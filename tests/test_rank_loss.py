@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from dr_core.heads import head_for_loss, num_outputs, referable_logit, to_probs
-from dr_core.losses import ReferableRankLoss, WithRankLoss, build_loss
-from dr_core.metrics import referable_score
+from dr_core.models.heads import head_for_loss, num_outputs, referable_logit, to_probs
+from dr_core.training.losses import ReferableRankLoss, WithRankLoss, build_loss
+from dr_core.evaluation.metrics import referable_score
 
 LOSSES = ["ce", "weighted_ce", "focal", "regression", "ordinal"]
 

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from dr_core.config import EvaluateConfig
-from dr_core.report import OUTPUT_FILES, choose_threshold, write_evaluation
+from dr_core.evaluation.report import OUTPUT_FILES, choose_threshold, write_evaluation
 
 
 def fake_split(n: int, rng: np.random.Generator, num_classes: int = 5) -> tuple[np.ndarray, np.ndarray]:

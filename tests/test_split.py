@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from dr_core.config import DataConfig, SplitConfig, load_params
-from dr_core.ingest import DataError
-from dr_core.split import SPLITS, assign_folds, assign_splits, check_stratifiable, class_weights, make_splits, run_split
+from dr_core.data.ingest import DataError
+from dr_core.data.split import SPLITS, assign_folds, assign_splits, check_stratifiable, class_weights, make_splits, run_split
 from test_ingest import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]

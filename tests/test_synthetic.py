@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dr_core.synthetic import APTOS_GRADE_COUNTS, assign_grades, make_demo_dataset, render_fundus
-from dr_core.synthetic_lesions import plan_lesions
+from dr_core.synthetic.demo import APTOS_GRADE_COUNTS, assign_grades, make_demo_dataset, render_fundus
+from dr_core.synthetic.lesions import plan_lesions
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from conftest import REPO, write_fake_cache
-from dr_core.checkpoint import load_checkpoint, read_checkpoint
+from dr_core.models.checkpoint import load_checkpoint, read_checkpoint
 from dr_core.config import params_from_dict
-from dr_core.device import seed_everything
-from dr_core.engine import StepContext, TrainingDiverged, run_epoch
-from dr_core.train import fit
+from dr_core.runtime.device import seed_everything
+from dr_core.training.engine import StepContext, TrainingDiverged, run_epoch
+from dr_core.training.fit import fit
 
 TINY = {"model": {"name": "resnet10t", "pretrained": False, "drop_path_rate": 0.0},
         "train": {"image_size": 48, "epochs_stage1": 1, "epochs_stage2": 2, "batch_size": 16,
@@ -47,7 +47,7 @@ def test_fit_writes_the_guides_outputs_and_dvclive_metrics(fake_cache, tmp_path)
 
 def test_stage1_leaves_backbone_and_batchnorm_untouched(fake_cache, tmp_path):
     params = tiny(epochs_stage2=0)
-    from dr_core.models import build_model
+    from dr_core.models.backbone import build_model
     torch.manual_seed(params.seed)
     before = build_model(params.model).state_dict()
     fit(fake_cache, tmp_path / "m", tmp_path / "l", params)
@@ -59,7 +59,7 @@ def test_stage1_leaves_backbone_and_batchnorm_untouched(fake_cache, tmp_path):
 
 def test_stage1_trains_the_head_norm_and_its_checkpoint_rebuilds_it(fake_cache, tmp_path):
     params = tiny(model={"global_pool": "catavgmax", "head_norm": True}, epochs_stage2=0)
-    from dr_core.models import build_model
+    from dr_core.models.backbone import build_model
     torch.manual_seed(params.seed)
     before = build_model(params.model).state_dict()
     fit(fake_cache, tmp_path / "m", tmp_path / "l", params)
@@ -74,7 +74,7 @@ def test_stage1_trains_the_head_norm_and_its_checkpoint_rebuilds_it(fake_cache, 
 
 def test_freeze_stride_keeps_early_layers_and_their_statistics(fake_cache, tmp_path):
     params = tiny(epochs_stage1=0, freeze_stride=4)
-    from dr_core.models import build_model, early_parameter_names
+    from dr_core.models.backbone import build_model, early_parameter_names
     torch.manual_seed(params.seed)
     model = build_model(params.model)
     before = model.state_dict()
@@ -97,8 +97,8 @@ def test_monitor_last_keeps_the_final_epoch(fake_cache, tmp_path):
 def test_epoch_row_reports_referable_auc_per_split():
     import numpy as np
 
-    from dr_core.engine import EpochResult
-    from dr_core.train import _epoch_row
+    from dr_core.training.engine import EpochResult
+    from dr_core.training.fit import _epoch_row
     y = np.array([0, 1, 2, 3, 0, 4])
     onehot = np.eye(5)[y]  # grades ranked exactly: referable AUC 1
     wrong = np.eye(5)[np.where(y >= 2, 0, 4)]  # every referable photo scored below every other: AUC 0
@@ -144,8 +144,8 @@ def test_deterministic_mode_skips_the_nan_fill_of_new_tensors():
 
 
 def test_nan_loss_names_epoch_batch_and_fixes(fake_cache):
-    from dr_core.dataset import cached_dataset
-    from dr_core.augment import build_transforms
+    from dr_core.data.dataset import cached_dataset
+    from dr_core.data.augment import build_transforms
     import timm
     model = timm.create_model("resnet10t", num_classes=5)
     torch.nn.init.constant_(model.fc.weight, float("nan"))
@@ -158,9 +158,9 @@ def test_nan_loss_names_epoch_batch_and_fixes(fake_cache):
 
 
 def test_out_of_memory_names_batch_and_image_size(fake_cache):
-    from dr_core.augment import build_transforms
-    from dr_core.dataset import cached_dataset
-    from dr_core.engine import OutOfMemory
+    from dr_core.data.augment import build_transforms
+    from dr_core.data.dataset import cached_dataset
+    from dr_core.training.engine import OutOfMemory
 
     class Hungry(torch.nn.Module):
         def forward(self, x):
@@ -218,7 +218,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
 def test_training_never_reads_the_test_split(tmp_path, monkeypatch):
     cache = write_fake_cache(tmp_path / "cache", {"train": 40, "val": 20})  # no test files at all
-    import dr_core.dataset as dataset
+    import dr_core.data.dataset as dataset
     seen = []
     real = dataset.load_cache
     monkeypatch.setattr(dataset, "load_cache", lambda d, split: seen.append(split) or real(d, split))

@@ -1,0 +1,3 @@
+"""From labelled folders to training batches: labels (``ingest``), duplicates (``dedup``), the
+patient-level split (``split``), deterministic preprocessing (``fundus_crop``, ``preprocess``), the
+on-disk cache (``cache``, ``contact_sheet``), datasets, augmentation and loaders."""

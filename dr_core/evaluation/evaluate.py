@@ -1,0 +1,100 @@
+"""Evaluate a checkpoint: on the cached test split (the pipeline stage) or on any labelled folder.
+
+Outside the pipeline, the guide's interface works on raw photos in the APTOS or EyePACS layout,
+applying the checkpoint's own preprocessing::
+
+    python -m dr_core.evaluate --labels-csv CSV --img-dir DIR --model-path models/best_model.pth \\
+        --output-dir results_external
+
+It writes the same files as the stage. Metric names are nested under ``external`` instead of
+``test`` (so ``external.qwk``), keeping both kinds of result apart in ``dvc metrics show``.
+The referable-DR threshold is never tuned on the evaluated photos: it comes from
+``--threshold`` or from the pipeline's ``results/operating_point.json`` (chosen on val), whose
+fellow-eye blending (``evaluate.fellow_eye_weight`` and ``_scope``) is then applied too.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dr_core.config import DataConfig, EvaluateConfig, PreprocessConfig
+from dr_core.data.dataset import load_cache
+from dr_core.evaluation.eyes import fellow_eye_predictions
+from dr_core.evaluation.inference import predict_probs
+from dr_core.models.checkpoint import load_checkpoint
+from dr_core.evaluation.report import choose_cutpoints, choose_threshold, write_evaluation
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: EvaluateConfig,
+                    seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """The evaluate stage: threshold chosen on cached val, metrics on cached test."""
+    model, meta = load_checkpoint(model_path)
+    probs, scores, rows = {}, {}, {}
+    for split in ("val", "test"):
+        images, rows[split] = load_cache(cache_dir, split)
+        log.info("predicting %d %s images%s", len(images), split, " with TTA" if cfg.tta else "")
+        probs[split], scores[split] = _predict(model, images, meta, rows[split]["patient"].tolist(), cfg, device)
+    val_grades = rows["val"]["grade"].to_numpy()
+    cutpoints = choose_cutpoints(val_grades, probs["val"], cfg)
+    point = choose_threshold(val_grades, probs["val"], cfg, cutpoints, scores["val"])
+    point["grade_cutpoints"] = cutpoints
+    point["model"] = str(model_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "operating_point.json").write_text(json.dumps(point, indent=2) + "\n")
+    test = rows["test"]
+    return write_evaluation(out_dir, test["id"].tolist(), test["patient"].tolist(), test["grade"].to_numpy(),
+                            probs["test"], point["threshold"], cfg, meta["class_names"], "test", seed,
+                            operating_point=point, cutpoints=point["grade_cutpoints"], score=scores["test"])
+
+
+def _predict(model: torch.nn.Module, images: np.ndarray, meta: dict[str, Any], patients: list,
+             cfg: EvaluateConfig, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Grade probabilities and referable score of each photo, with the fellow eye's evidence."""
+    probs = predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta)
+    return fellow_eye_predictions(probs, patients, cfg.fellow_eye_weight, cfg.fellow_eye_scope,
+                                  cfg.referable_grade)
+
+
+def load_raw_images(files: list[str], img_dir: Path, preprocess: PreprocessConfig) -> np.ndarray:
+    """Read and preprocess raw photos exactly as the cache was built for the checkpoint."""
+    from tqdm.auto import tqdm
+
+    from dr_core.data.preprocess import preprocess_file
+
+    size = preprocess.cache_size
+    out = np.zeros((len(files), size, size, 3), np.uint8)
+    for i, file in enumerate(tqdm(files, desc="preprocess", leave=False)):
+        out[i] = preprocess_file(img_dir / file, preprocess)
+    return out
+
+
+def evaluate_folder(labels_csv: Path, img_dir: Path, model_path: Path, out_dir: Path, cfg: EvaluateConfig,
+                    threshold: float, data: DataConfig | None = None, device: str = "cpu",
+                    seed: int = 0, cutpoints: list[float] | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint on every labelled photo of a folder (no split, nothing tuned on it).
+
+    ``cutpoints`` (from the pipeline's ``operating_point.json``, chosen on val) decide the grade
+    when given, else the most probable grade. Photos are validated as the split stage does; with ``data.on_bad_image: skip`` the unusable
+    ones are left out and listed in ``<out_dir>/bad_images.csv``.
+    """
+    from dr_core.data.ingest import read_labels
+    from dr_core.data.split import usable_photographs
+
+    data = data or DataConfig()
+    model, meta = load_checkpoint(model_path)
+    labels = read_labels(labels_csv, data, meta["num_classes"])
+    rows, _, bad = usable_photographs(labels.table, img_dir, data, labels_csv, workers=0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bad[["id", "file", "reason"]].to_csv(out_dir / "bad_images.csv", index=False)
+    images = load_raw_images(rows["file"].tolist(), img_dir, PreprocessConfig(**meta["preprocess"]))
+    probs, score = _predict(model, images, meta, rows["patient"].tolist(), cfg, device)
+    return write_evaluation(out_dir, rows["id"].tolist(), rows["patient"].tolist(), rows["grade"].to_numpy(),
+                            probs, threshold, cfg, meta["class_names"], "external", seed, cutpoints=cutpoints,
+                            score=score)

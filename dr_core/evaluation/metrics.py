@@ -1,0 +1,325 @@
+"""Grading metrics: agreement (QWK), per-class scores, one-vs-rest AUC, referable DR.
+
+All functions are pure and take integer grades ``0..K-1`` and softmax probabilities
+``(N, K)``. Where a metric is undefined on the data given (a class absent from
+``y_true``, no referable case, ...) the result is ``NaN`` rather than an exception, so
+that a small test split still produces a complete report.
+
+Referable DR is ``grade >= referable_grade`` (2: moderate or worse, the usual screening
+definition); its score is the summed probability of the referable grades and a case is
+called referable when ``score >= threshold``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+from dr_core.evaluation.bootstrap import bootstrap_ci
+from dr_core.evaluation.calibration import DEFAULT_BINS, brier_score, expected_calibration_error, log_loss
+from dr_core.config import GRADE_NAMES
+
+OPERATING_POINTS = ("sensitivity", "youden")
+
+
+def grade_names(num_classes: int) -> list[str]:
+    """Clinical names for the 5-grade scale, ``"grade k"`` for any other number of classes."""
+    if num_classes == len(GRADE_NAMES):
+        return list(GRADE_NAMES)
+    return [f"grade {k}" for k in range(num_classes)]
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts ``(K, K)``: row = true grade, column = predicted grade."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    flat = np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+def quadratic_weighted_kappa(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Cohen's kappa with quadratic weights over the full scale ``0..num_classes-1``.
+
+    The weight of a disagreement is ``(i - j)^2 / (K - 1)^2`` whatever grades occur in the
+    data (sklearn agrees when given ``labels=range(K)``). ``NaN`` when chance disagreement is
+    zero, i.e. truth and prediction are the same single grade throughout.
+    """
+    observed = confusion_matrix(y_true, y_pred, num_classes).astype(np.float64)
+    n = observed.sum()
+    if n == 0:
+        return math.nan
+    grades = np.arange(num_classes)
+    weights = (grades[:, None] - grades[None, :]) ** 2 / max(num_classes - 1, 1) ** 2
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / n
+    chance = float((weights * expected).sum())
+    if chance == 0.0:
+        return math.nan
+    return 1.0 - float((weights * observed).sum()) / chance
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Fraction of exact grade matches."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return float(np.mean(y_true == y_pred)) if len(y_true) else math.nan
+
+
+def per_class_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support for every grade, each an array of length K.
+
+    Precision is ``NaN`` for a grade never predicted, recall for a grade absent from
+    ``y_true``; F1 is ``NaN`` when both are, and 0 when there is no true positive.
+    """
+    cm = confusion_matrix(y_true, y_pred, num_classes).astype(np.float64)
+    tp = np.diag(cm)
+    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, np.nan)
+        recall = np.where(support > 0, tp / support, np.nan)
+        f1 = np.where(tp > 0, 2 * tp / (predicted + support), 0.0)
+    f1 = np.where((predicted == 0) & (support == 0), np.nan, f1)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Mean recall over the grades present in ``y_true`` (as sklearn)."""
+    recall = per_class_scores(y_true, y_pred, num_classes)["recall"]
+    return _nanmean(recall)
+
+
+def f1_macro(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Unweighted mean F1 over grades that occur in ``y_true`` or ``y_pred`` (as sklearn)."""
+    return _nanmean(per_class_scores(y_true, y_pred, num_classes)["f1"])
+
+
+def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count one half); ``NaN`` with one class."""
+    y = np.asarray(y, dtype=bool)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(np.asarray(score, dtype=np.float64))
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auc_one_vs_rest(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """One-vs-rest AUC for every grade, ``(K,)``; ``NaN`` for a grade absent from ``y_true``."""
+    y_true = np.asarray(y_true)
+    return np.array([binary_auc(y_true == k, probs[:, k]) for k in range(probs.shape[1])])
+
+
+def referable_labels(y_true: np.ndarray, referable_grade: int) -> np.ndarray:
+    """True where the grade is ``>= referable_grade``."""
+    return np.asarray(y_true) >= referable_grade
+
+
+def referable_score(probs: np.ndarray, referable_grade: int) -> np.ndarray:
+    """Probability of referable DR: the sum of the probabilities of grades ``>= referable_grade``."""
+    return np.asarray(probs, dtype=np.float64)[:, referable_grade:].sum(axis=1)
+
+
+def resolve_referable_score(probs: np.ndarray, referable_grade: int, score: np.ndarray | None) -> np.ndarray:
+    """``score`` when given (checked against ``probs``' rows), else the one ``probs`` imply."""
+    if score is None:
+        return referable_score(probs, referable_grade)
+    score = np.asarray(score, dtype=np.float64)
+    if score.shape != (len(probs),):
+        raise ValueError(f"referable score has shape {score.shape}, expected ({len(probs)},)")
+    return score
+
+
+def sensitivity_specificity(y_ref: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Sensitivity and specificity of ``score >= threshold``; ``NaN`` where a class is absent."""
+    y_ref = np.asarray(y_ref, dtype=bool)
+    called = np.asarray(score) >= threshold
+    sens = float(called[y_ref].mean()) if y_ref.any() else math.nan
+    spec = float((~called[~y_ref]).mean()) if (~y_ref).any() else math.nan
+    return sens, spec
+
+
+def choose_operating_point(y_ref_val: np.ndarray, score_val: np.ndarray, mode: str = "sensitivity",
+                           target_sensitivity: float = 0.87) -> float:
+    """Threshold on the referable score, chosen on the validation split only.
+
+    Args:
+        y_ref_val: referable truth on validation.
+        score_val: referable score on validation.
+        mode: ``"sensitivity"``: the highest threshold whose validation sensitivity is at
+            least ``target_sensitivity`` (so the best specificity under that constraint);
+            ``"youden"``: the threshold maximising sensitivity + specificity - 1.
+        target_sensitivity: used by ``"sensitivity"`` mode.
+
+    Returns:
+        A threshold to apply unchanged to the test split (``score >= threshold`` is referable).
+    """
+    y = np.asarray(y_ref_val, dtype=bool)
+    score = np.asarray(score_val, dtype=np.float64)
+    if mode not in OPERATING_POINTS:
+        raise ValueError(f"operating point mode must be one of {list(OPERATING_POINTS)}, got {mode!r}")
+    if len(y) != len(score):
+        raise ValueError(f"y_ref_val has {len(y)} rows but score_val has {len(score)}")
+    if not y.any():
+        raise ValueError("validation split has no referable case, so no operating point can be chosen; "
+                         "enlarge split.val or check the labels")
+    if mode == "sensitivity":
+        if not 0.0 < target_sensitivity <= 1.0:
+            raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity!r}")
+        positives = np.sort(score[y])[::-1]
+        # smallest number of positives to call referable; the epsilon guards 0.87 * 100 = 87.00000000000001
+        needed = max(1, math.ceil(target_sensitivity * len(positives) - 1e-9))
+        return float(positives[needed - 1])
+    if y.all():
+        raise ValueError("validation split has no non-referable case; the Youden point needs both; "
+                         "use evaluate.operating_point: sensitivity")
+    candidates = np.unique(score)[::-1]  # high to low, so ties in J keep the stricter threshold
+    called = score[None, :] >= candidates[:, None]  # (T, N)
+    youden = called[:, y].mean(axis=1) - called[:, ~y].mean(axis=1)
+    best = np.flatnonzero(youden >= youden.max() - 1e-12)[0]  # tolerance: 2/3 vs 1 - 1/3 in floats
+    return float(candidates[best])
+
+
+def predictive_values(y_ref: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Positive and negative predictive value of ``score >= threshold`` (``NaN`` if undefined)."""
+    y_ref = np.asarray(y_ref, dtype=bool)
+    called = np.asarray(score) >= threshold
+    ppv = float(y_ref[called].mean()) if called.any() else math.nan
+    npv = float((~y_ref[~called]).mean()) if (~called).any() else math.nan
+    return ppv, npv
+
+
+def validate_predictions(y_true: np.ndarray, probs: np.ndarray, patients: Sequence | None = None,
+                         name: str = "predictions") -> tuple[np.ndarray, np.ndarray]:
+    """Check shapes and values at the boundary; returns ``(y_true int64, probs float64)``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise ValueError(f"{name}: probs must be (N, num_classes >= 2), got shape {probs.shape}")
+    if y_true.ndim != 1 or len(y_true) != len(probs):
+        raise ValueError(f"{name}: y_true must be (N,) with N = {len(probs)} rows of probs, got {y_true.shape}")
+    if len(y_true) == 0:
+        raise ValueError(f"{name}: no rows to evaluate")
+    if patients is not None:
+        if len(patients) != len(y_true):
+            raise ValueError(f"{name}: {len(patients)} patient ids for {len(y_true)} rows")
+        missing = [i for i, p in enumerate(patients) if p is None or p != p or str(p).strip() == ""]
+        if missing:  # all missing ids would otherwise pool into one pseudo-patient in the bootstrap
+            raise ValueError(f"{name}: row {missing[0]}: patient id is missing ({len(missing)} rows); "
+                             "use the photo id as the patient when patients are unknown")
+    if not np.issubdtype(y_true.dtype, np.integer):
+        if not np.all(np.isfinite(y_true.astype(np.float64))) or np.any(y_true != np.round(y_true)):
+            row = int(np.flatnonzero(~np.isfinite(y_true) | (y_true != np.round(y_true)))[0])
+            raise ValueError(f"{name}: row {row}: grade must be an integer, got {y_true[row]!r}")
+    y_true = y_true.astype(np.int64)
+    num_classes = probs.shape[1]
+    bad = np.flatnonzero((y_true < 0) | (y_true >= num_classes))
+    if len(bad):
+        raise ValueError(f"{name}: row {int(bad[0])}: grade must be 0..{num_classes - 1}, "
+                         f"got {int(y_true[bad[0]])}; does the checkpoint's num_classes match the labels?")
+    row_sum = probs.sum(axis=1)
+    bad = np.flatnonzero(~np.isfinite(row_sum) | (probs.min(axis=1) < 0) | (np.abs(row_sum - 1) > 1e-3))
+    if len(bad):
+        raise ValueError(f"{name}: row {int(bad[0])}: probabilities must be finite, >= 0 and sum to 1, "
+                         f"got {probs[bad[0]].round(4).tolist()}; pass softmax outputs, not logits")
+    return y_true, probs
+
+
+def compute_metrics(y_true: np.ndarray, probs: np.ndarray, patients: Sequence, threshold: float,
+                    referable_grade: int = 2, n_bootstrap: int = 1000, seed: int = 0,
+                    class_names: Sequence[str] | None = None, alpha: float = 0.05,
+                    y_pred: np.ndarray | None = None, score: np.ndarray | None = None) -> dict[str, Any]:
+    """Every test-split number in one flat, JSON-ready dict (``NaN`` becomes ``None``).
+
+    Args:
+        y_true: true grades ``(N,)``.
+        probs: grade probabilities ``(N, K)``.
+        patients: patient id per photo, the bootstrap resampling unit.
+        threshold: referable-score threshold, chosen beforehand on validation.
+        referable_grade: grades at or above it are referable.
+        n_bootstrap: patient-level resamples for the intervals (0: none).
+        seed: seed of the bootstrap generator.
+        class_names: one name per grade; defaults to :func:`grade_names`.
+        alpha: 0.05 gives 95% intervals.
+        y_pred: predicted grades ``(N,)``; default the argmax of ``probs``.
+        score: referable-DR score ``(N,)``; default :func:`referable_score` of ``probs``.
+
+    Returns:
+        Scalars (``qwk``, ``accuracy``, ``referable_auc``, ... and ``<metric>_ci_low``/
+        ``_ci_high`` for QWK, referable AUC, sensitivity and specificity) plus ``per_class``:
+        ``{grade name: {precision, recall, f1, support, auc}}``.
+    """
+    y_true, probs = validate_predictions(y_true, probs, patients, name="compute_metrics")
+    num_classes = probs.shape[1]
+    if not 1 <= referable_grade < num_classes:
+        raise ValueError(f"referable_grade must be in 1..{num_classes - 1}, got {referable_grade}")
+    names = list(class_names) if class_names is not None else grade_names(num_classes)
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} classes: {names}")
+    if y_pred is None:
+        y_pred = probs.argmax(axis=1)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_pred.shape != y_true.shape:
+        raise ValueError(f"y_pred has shape {y_pred.shape}, y_true {y_true.shape}")
+    y_ref = referable_labels(y_true, referable_grade)
+    score = resolve_referable_score(probs, referable_grade, score)
+    called = score >= threshold
+
+    def headline(idx: np.ndarray) -> dict[str, float]:
+        sens, spec = sensitivity_specificity(y_ref[idx], score[idx], threshold)
+        return {"qwk": quadratic_weighted_kappa(y_true[idx], y_pred[idx], num_classes),
+                "referable_auc": binary_auc(y_ref[idx], score[idx]),
+                "referable_sensitivity": sens, "referable_specificity": spec}
+
+    full = headline(np.arange(len(y_true)))
+    per_class = per_class_scores(y_true, y_pred, num_classes)
+    auc = auc_one_vs_rest(y_true, probs)
+    ppv, npv = predictive_values(y_ref, score, threshold)
+    out: dict[str, Any] = {
+        "n_images": len(y_true), "n_patients": len(set(map(str, patients))),
+        "qwk": full["qwk"], "accuracy": accuracy(y_true, y_pred),
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred, num_classes),
+        "f1_macro": f1_macro(y_true, y_pred, num_classes), "auc_macro": _nanmean(auc),
+        "ece": expected_calibration_error(probs, y_true, DEFAULT_BINS),
+        "brier": brier_score(probs, y_true), "log_loss": log_loss(probs, y_true),
+        "referable_grade": referable_grade, "referable_prevalence": float(y_ref.mean()),
+        "referable_auc": full["referable_auc"], "referable_threshold": float(threshold),
+        "referable_sensitivity": full["referable_sensitivity"],
+        "referable_specificity": full["referable_specificity"],
+        "referable_ppv": ppv, "referable_npv": npv,
+        "referable_tp": int((called & y_ref).sum()), "referable_fp": int((called & ~y_ref).sum()),
+        "referable_tn": int((~called & ~y_ref).sum()), "referable_fn": int((~called & y_ref).sum()),
+        "bootstrap_resamples": n_bootstrap, "ci_level": 1 - alpha,
+    }
+    intervals = bootstrap_ci(headline, patients, n_bootstrap, seed, alpha)
+    for name, interval in intervals.items():
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = interval.low, interval.high
+        out[f"{name}_ci_skipped"] = interval.n_skipped
+    out["per_class"] = {
+        names[k]: {"precision": per_class["precision"][k], "recall": per_class["recall"][k],
+                   "f1": per_class["f1"][k], "support": per_class["support"][k], "auc": auc[k]}
+        for k in range(num_classes)}
+    out = to_jsonable(out)
+    out["referable_threshold"] = float(threshold)  # unrounded, so that it reproduces the calls exactly
+    return out
+
+
+def to_jsonable(value: Any, digits: int = 6) -> Any:
+    """Numpy scalars to Python numbers, floats rounded, ``NaN``/``inf`` to ``None``, recursively."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v, digits) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return round(float(value), digits) if math.isfinite(value) else None
+    return value
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if len(finite) else math.nan

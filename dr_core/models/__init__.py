@@ -1,0 +1,2 @@
+"""timm backbones with offline weights (``backbone``), output heads (``heads``) and self-describing
+checkpoints (``checkpoint``)."""

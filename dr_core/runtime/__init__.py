@@ -1,0 +1,1 @@
+"""What every stage needs around the maths: devices and seeding, DDP, worker pools, atomic writes, logging."""

@@ -1,0 +1,1 @@
+"""The built-in demo dataset: synthetic fundus photographs (``anatomy``, ``lesions``) graded 0-4 (``demo``)."""

@@ -1,0 +1,2 @@
+"""The two-stage fit (``fit``), the one epoch function (``engine``), losses, mixup, optimiser groups and
+dvclive tracking."""
