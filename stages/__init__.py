@@ -1,0 +1,18 @@
+"""Thin DVC stage entry points: each reads its paths from the command line written in dvc.yaml and its
+settings (``PARAMS``) from params.yaml, and calls one dr_core function."""
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn
+
+from dr_core.config import ConfigError
+
+
+def run(main: Callable[[], int | None]) -> NoReturn:
+    """Run a stage's ``main``; a settings error is one line on stderr (exit 2), not a traceback."""
+    try:
+        code = main()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
+    sys.exit(code or 0)

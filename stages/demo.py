@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
+from stages import run
 from dr_core.config import GRADE_NAMES, load_params
 from dr_core.synthetic.demo import make_demo_dataset
+
+PARAMS = ("seed", "demo")  # = its params in dvc.yaml (tests/test_dvc_deps.py)
 
 logger = logging.getLogger("stages.demo")
 
@@ -20,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="processes (0: all cores); the images do not depend on it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params)
+    params = load_params(args.params).only(PARAMS, "demo")
     table = make_demo_dataset(args.out, params.demo.n_patients, params.demo.image_size, params.seed,
                               workers=args.workers)
     counts = table["diagnosis"].value_counts().reindex(range(len(GRADE_NAMES)), fill_value=0)
@@ -29,4 +31,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

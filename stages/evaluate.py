@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import torch
 
+from stages import run
 from dr_core.config import load_params
 from dr_core.evaluation.evaluate import evaluate_cached
+
+PARAMS = ("seed", "evaluate")  # = its params in dvc.yaml (tests/test_dvc_deps.py)
 
 
 def main() -> int:
@@ -20,11 +22,11 @@ def main() -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params)
+    params = load_params(args.params).only(PARAMS, "evaluate")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     evaluate_cached(args.model_path, args.cache_dir, args.out, params.evaluate, params.seed, device)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

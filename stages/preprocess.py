@@ -1,4 +1,7 @@
-"""Stage `preprocess`: crop, CLAHE and resize every split image into data/cache (see dr_core.data.cache)."""
+"""Stage `preprocess`: crop, CLAHE and resize every split image into data/cache (see dr_core.data.cache).
+
+The photographs are read from ``data.img_dir`` in params.yaml, never from the command line.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,23 +9,25 @@ import logging
 from pathlib import Path
 
 from dr_core.data.cache import build_cache
+from stages import run
 from dr_core.config import load_params
+
+PARAMS = ("preprocess", "data.img_dir")  # = its params in dvc.yaml (tests/test_dvc_deps.py)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--split-dir", type=Path, required=True, help="folder with {train,val,test}.csv")
-    parser.add_argument("--img-dir", type=Path, required=True, help="folder of the original photographs")
     parser.add_argument("--out", type=Path, required=True, help="cache folder to write")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Unknown keys and bad types still fail here; only this stage's section is range-checked,
+    # Unknown keys and bad types still fail here; only this stage's sections are range-checked,
     # which spares the 6 s and 1 GB of importing timm to check model.name.
-    cfg = load_params(args.params, validate=False).preprocess
-    cfg.validate()
-    build_cache(args.split_dir, args.img_dir, args.out, cfg)
+    params = load_params(args.params, validate=False).only(PARAMS, "preprocess")
+    params.preprocess.validate()
+    build_cache(args.split_dir, Path(params.data.img_dir), args.out, params.preprocess)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,4 +1,8 @@
-"""Stage `split`: validate labels and photographs, find duplicates, split by patient."""
+"""Stage `split`: validate labels and photographs, find duplicates, split by patient.
+
+The labels and photographs are ``data.labels_csv`` and ``data.img_dir``, read from params.yaml here: no
+path from the settings ever passes through a shell command line.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,26 +11,27 @@ import logging
 import sys
 from pathlib import Path
 
+from stages import run
 from dr_core.config import load_params
 from dr_core.data.ingest import DataError
 from dr_core.data.split import run_split, write_atomic
+
+PARAMS = ("seed", "data", "split", "model.num_classes", "preprocess.workers")  # = dvc.yaml (tests/test_dvc_deps.py)
 
 logger = logging.getLogger("stages.split")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--labels-csv", type=Path, required=True, help="labels CSV (APTOS or EyePACS layout)")
-    parser.add_argument("--img-dir", type=Path, required=True, help="folder of the photographs")
     parser.add_argument("--out", type=Path, required=True, help="folder for {train,val,test}.csv and reports")
     parser.add_argument("--metrics", type=Path, default=None,
                         help="also write summary.json here (DVC metric)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params)
+    params = load_params(args.params).only(PARAMS, "split")
     try:
-        summary = run_split(args.labels_csv, args.img_dir, args.out, params.data, params.split,
+        summary = run_split(Path(params.data.labels_csv), Path(params.data.img_dir), args.out, params.data, params.split,
                             params.model.num_classes, params.seed, params.preprocess.workers)
     except DataError as err:
         logger.error("split stopped: bad input data")
@@ -39,4 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

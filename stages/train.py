@@ -12,8 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from stages import run
 from dr_core.config import load_params
 from dr_core.training.fit import fit
+
+# = its params in dvc.yaml (tests/test_dvc_deps.py). preprocess: written into the checkpoint, so that
+# evaluate and predict prepare raw photos as the cache did; evaluate.referable_grade: val AUC per epoch.
+PARAMS = ("seed", "model", "train", "preprocess", "evaluate.referable_grade")
 
 
 def main() -> int:
@@ -24,7 +29,7 @@ def main() -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params)
+    params = load_params(args.params).only(PARAMS, "train")
     n = params.train.nproc_per_node
     if n > 1 and "LOCAL_RANK" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
@@ -36,4 +41,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

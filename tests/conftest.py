@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -11,6 +12,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def committed_text(rel: str, root: Path = REPO) -> str:
+    """A file as committed at HEAD, not as the workspace has it.
+
+    Tests must pass whatever the user ran: ``make real-cpu`` or ``dvc exp run -S ...`` leave their settings
+    in the workspace's params.yaml. Outside a git checkout (an unpacked archive) the file itself is read.
+    """
+    out = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=root, capture_output=True, text=True)
+    return out.stdout if out.returncode == 0 else (root / rel).read_text()
 
 
 def fake_fundus(grade: int, rng: np.random.Generator, size: int = 64) -> np.ndarray:

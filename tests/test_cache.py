@@ -131,7 +131,6 @@ def test_stage_script_reads_params(dataset, tmp_path):
     spec.loader.exec_module(stage)
     split_dir, img_dir = dataset
     params = tmp_path / "params.yaml"
-    params.write_text(f"preprocess:\n  cache_size: {SIZE}\n  workers: 1\n")
-    stage.main(["--split-dir", str(split_dir), "--img-dir", str(img_dir), "--out", str(tmp_path / "c"),
-          "--params", str(params)])
+    params.write_text(f"preprocess:\n  cache_size: {SIZE}\n  workers: 1\ndata:\n  img_dir: {img_dir}\n")
+    stage.main(["--split-dir", str(split_dir), "--out", str(tmp_path / "c"), "--params", str(params)])
     assert load_cache(tmp_path / "c", "train")[0].shape == (COUNTS["train"], SIZE, SIZE, 3)

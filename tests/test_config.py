@@ -3,19 +3,31 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import REPO, committed_text
 from dr_core.config import ConfigError, Params, load_params, params_from_dict
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_repository_params_load_and_validate():
-    params = load_params(REPO / "params.yaml")
+    params = params_from_dict(yaml.safe_load(committed_text("params.yaml")))
     assert params.model.num_classes == 5
     assert params.train.loss in ("ce", "weighted_ce", "focal")
 
 
+def test_tests_read_the_committed_params_not_the_workspace(tmp_path):
+    """`make real-cpu` leaves its preset in params.yaml; the suite must still see the committed file."""
+    import subprocess
+
+    run = lambda *args: subprocess.run(args, cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    run("git", "init", "-q")
+    (tmp_path / "params.yaml").write_text("train:\n  loss: weighted_ce\n")
+    run("git", "add", "params.yaml")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "params")
+    (tmp_path / "params.yaml").write_text("train:\n  loss: regression\n")
+    assert "weighted_ce" in committed_text("params.yaml", tmp_path)
+
+
 def test_every_guide_flag_has_a_param():
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = yaml.safe_load(committed_text("params.yaml"))
     flags = {
         "labels-csv": ("data", "labels_csv"), "img-dir": ("data", "img_dir"),
         "model-name": ("model", "name"), "num-classes": ("model", "num_classes"),
@@ -51,6 +63,11 @@ def test_every_guide_flag_has_a_param():
     ({"train": {"aug_strength": 0}}, r"train.aug_strength: got 0.0, expected a number > 0"),
     ({"train": {"mixup_alpha": -0.2}}, r"train.mixup_alpha: got -0.2, expected 0 \(off\) or a number > 0"),
     ({"train": {"rank_weight": -1}}, r"train.rank_weight: got -1.0, expected 0 \(off\) or a number > 0"),
+    ({"train": {"lr_stage1": float("inf")}}, r"train.lr_stage1: got inf, expected a finite number"),
+    (yaml.safe_load("train: {warmup_epochs: .inf}"), r"train.warmup_epochs: got inf, expected a finite number"),
+    ({"train": {"grad_clip": float("nan")}}, r"train.grad_clip: got nan, expected a finite number"),
+    ({"train": {"image_size": 512}, "preprocess": {"cache_size": 448}},
+     r"train.image_size: got 512, larger than preprocess.cache_size \(448\).*upsampled"),
 ])
 def test_bad_settings_fail_with_the_key_and_choices(raw, match):
     with pytest.raises(ConfigError, match=match):
@@ -72,3 +89,15 @@ def test_params_are_frozen():
     params = Params()
     with pytest.raises(Exception):
         params.train.loss = "ce"  # type: ignore[misc]
+
+
+def test_a_stage_reports_a_settings_error_in_one_line(tmp_path):
+    """A typo in params.yaml ends a stage with `error: ...` on stderr and exit 2, not a traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text("train:\n  los: focal\n")
+    out = subprocess.run([sys.executable, "-m", "stages.demo", "--out", str(tmp_path / "d"), "--params",
+                          str(tmp_path / "params.yaml")], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "unknown key 'train.los'" in out.stderr and "Traceback" not in out.stderr

@@ -201,6 +201,46 @@ def test_corrupt_and_truncated_files(tmp_path):
     assert check_image(str(tmp_path / "gone.png")).reason.startswith("unreadable")
 
 
+def test_jpeg_with_data_after_its_end_marker_is_whole(tmp_path):
+    """Some cameras append more than 1 KB after the image; only a cut-off copy is truncated."""
+    rng = np.random.default_rng(5)
+    jpeg = Path(_write(tmp_path / "a.jpeg", fundus_photo(rng, 96))).read_bytes()
+    (tmp_path / "trailer.jpeg").write_bytes(jpeg + bytes(range(256)) * 8)
+    assert check_image(str(tmp_path / "trailer.jpeg")).reason == ""
+    (tmp_path / "cut.jpeg").write_bytes(jpeg[: len(jpeg) // 2] + bytes(2048))
+    assert check_image(str(tmp_path / "cut.jpeg")).reason.startswith("truncated JPEG")
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height pixels, with one empty compressed row."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(4))) + chunk(b"IEND", b"")
+
+
+def test_an_image_over_the_pixel_limit_is_named_too_large(tmp_path):
+    (tmp_path / "huge.png").write_bytes(_png_header_only(40000, 40000))
+    reason = check_image(str(tmp_path / "huge.png")).reason
+    assert reason.startswith("too large: ") and "1,600,000,000 pixels" in reason, reason
+
+
+def test_symlinks_out_of_the_image_folder_are_followed_and_logged(tmp_path, caplog):
+    rng = np.random.default_rng(6)
+    (tmp_path / "store").mkdir()
+    outside = Path(_write(tmp_path / "store" / "10_left.jpeg", fundus_photo(rng)))
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    (img_dir / "10_left.jpeg").symlink_to(outside)
+    with caplog.at_level(logging.WARNING):
+        files = find_image_files(pd.Series(["10_left"]), img_dir)
+    assert files.tolist() == ["10_left.jpeg"]
+    assert "symbolic links to outside the folder" in caplog.text and str(outside) in caplog.text
+
+
 def test_grayscale_and_fundus_free_images(tmp_path):
     rng = np.random.default_rng(3)
     gray = cv2.cvtColor(fundus_photo(rng), cv2.COLOR_BGR2GRAY)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, committed_text
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,8 @@ def _run(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
 
 
 def make_project_copy(dest: Path, overrides: dict) -> Path:
-    """Copy what git would clone (tracked and new, non-ignored files) into a fresh git repo."""
+    """Copy the project's code (tracked and new, non-ignored files) into a fresh git repo, with the
+    committed params.yaml: whatever experiment the workspace ran last does not leak into the test."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split()
     for rel in files:
@@ -49,7 +50,7 @@ def make_project_copy(dest: Path, overrides: dict) -> Path:
         if src.is_file() and not rel.startswith(("data/", "models/", "results/", "dvclive/", "metrics/")):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params = yaml.safe_load(committed_text("params.yaml"))
     (dest / "params.yaml").write_text(yaml.safe_dump(_merge(params, overrides), sort_keys=False))
     _run(["git", "init", "-q", "-b", "main"], dest)
     _run(["git", "add", "-A"], dest)

@@ -251,11 +251,12 @@ def _load_stage():
 def test_stage_exits_1_with_the_message_and_no_traceback(tmp_path, capsys, monkeypatch):
     csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE, "eyepacs")
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"seed": 3, "preprocess": {"workers": 1}}))
+    params.write_text(yaml.safe_dump({"seed": 3, "preprocess": {"workers": 1},
+                                      "data": {"labels_csv": str(csv), "img_dir": str(img_dir)}}))
     stage = _load_stage()
     # Full validation imports timm to check model.name (seconds); this stage needs none of it.
     monkeypatch.setattr(stage, "load_params", lambda path: load_params(path, validate=False))
-    args = ["--labels-csv", str(csv), "--img-dir", str(img_dir), "--params", str(params)]
+    args = ["--params", str(params)]
     metrics = tmp_path / "m" / "split.json"
     assert stage.main(args + ["--out", str(tmp_path / "out"), "--metrics", str(metrics)]) == 0
     assert json.loads(metrics.read_text())["n_images"] == 40
@@ -263,6 +264,20 @@ def test_stage_exits_1_with_the_message_and_no_traceback(tmp_path, capsys, monke
     assert stage.main(args + ["--out", str(tmp_path / "out2")]) == 1
     err = capsys.readouterr().err
     assert "error: " in err and "line 3: '2.5'" in err and "Traceback" not in err
+
+
+def test_stage_reads_paths_with_spaces_and_shell_characters_from_params(tmp_path, monkeypatch):
+    root = tmp_path / "my photos `touch PWNED` $(touch PWNED2)"
+    csv, img_dir = write_dataset(root, FOUR_PER_GRADE, "eyepacs")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"seed": 3, "preprocess": {"workers": 1},
+                                      "data": {"labels_csv": str(csv), "img_dir": str(img_dir)}}))
+    stage = _load_stage()
+    monkeypatch.setattr(stage, "load_params", lambda path: load_params(path, validate=False))
+    monkeypatch.chdir(tmp_path)
+    assert stage.main(["--params", str(params), "--out", str(tmp_path / "out")]) == 0
+    assert len(pd.read_csv(tmp_path / "out" / "train.csv")) > 0
+    assert not list(tmp_path.rglob("PWNED*"))
 
 
 @pytest.mark.slow

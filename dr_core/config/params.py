@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, get_type_hints
+from typing import Any, Mapping, Sequence, get_type_hints
 
 import yaml
 
@@ -276,6 +277,11 @@ class Params:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
+        if self.train.image_size > self.preprocess.cache_size:
+            raise ConfigError(
+                f"train.image_size: got {self.train.image_size}, larger than preprocess.cache_size "
+                f"({self.preprocess.cache_size}): the cached photos would be upsampled. Raise "
+                "preprocess.cache_size (the preprocess stage reruns) or lower train.image_size")
         if self.evaluate.referable_grade >= self.model.num_classes:
             raise ConfigError(
                 f"evaluate.referable_grade: got {self.evaluate.referable_grade}, but model.num_classes "
@@ -283,6 +289,79 @@ class Params:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def only(self, declared: Sequence[str], stage: str) -> StageParams:
+        """The settings a stage declares (its ``params:`` in dvc.yaml); reading any other one fails."""
+        return StageParams(self, declared, stage)
+
+
+class UndeclaredParamError(ConfigError):
+    """A stage read a setting missing from its ``params:`` in dvc.yaml, so DVC would not rerun it on a change."""
+
+
+def _undeclared(stage: str, key: str) -> UndeclaredParamError:
+    return UndeclaredParamError(
+        f"stage {stage!r} read {key!r}, which its entry in dvc.yaml does not list under params: DVC would not "
+        f"rerun the stage when it changes. Add {key!r} to the stage's params in dvc.yaml and to PARAMS in "
+        f"stages/{stage}.py")
+
+
+class _PartialSection:
+    """A section of which a stage declared only some keys (``model.num_classes``)."""
+
+    def __init__(self, name: str, section: Any, keys: frozenset[str], stage: str) -> None:
+        self._name, self._section, self._keys, self._stage = name, section, keys, stage
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        if key not in self._keys:
+            raise _undeclared(self._stage, f"{self._name}.{key}")
+        return getattr(self._section, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: getattr(self._section, key) for key in sorted(self._keys)}
+
+
+class StageParams:
+    """:class:`Params` as one stage may see them: the sections and keys it declared, nothing else.
+
+    Each stage lists what it reads in ``PARAMS``; tests/test_dvc_deps.py checks that the list equals the
+    stage's ``params:`` in dvc.yaml, and any read outside it raises :class:`UndeclaredParamError`, so a
+    setting that changes a stage's output can never be missing from what DVC watches.
+    """
+
+    def __init__(self, params: Params, declared: Sequence[str], stage: str) -> None:
+        names = {f.name for f in fields(Params)}
+        whole, partial = set(), {}
+        for entry in declared:
+            section, _, key = entry.partition(".")
+            if section not in names:
+                raise ConfigError(f"stage {stage!r} declares {entry!r}, not a params.yaml section: {sorted(names)}")
+            if key:
+                getattr(getattr(params, section), key)  # an unknown key fails here, not at first use
+                partial.setdefault(section, set()).add(key)
+            else:
+                whole.add(section)
+        self._params, self._stage, self._whole = params, stage, frozenset(whole)
+        self._partial = {s: frozenset(k) for s, k in partial.items() if s not in whole}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._whole:
+            return getattr(self._params, name)
+        if name in self._partial:
+            return _PartialSection(name, getattr(self._params, name), self._partial[name], self._stage)
+        raise _undeclared(self._stage, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The declared settings only, as nested dicts."""
+        full = self._params.to_dict()
+        out: dict[str, Any] = {name: full[name] for name in sorted(self._whole)}
+        for name, keys in sorted(self._partial.items()):
+            out[name] = {key: full[name][key] for key in sorted(keys)}
+        return out
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -310,11 +389,13 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
     if typ is float:
         if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: got {value!r}, expected a number")
+        if not math.isfinite(value):  # YAML's .inf and .nan: no setting means anything with them
+            raise ConfigError(f"{key}: got {value!r}, expected a finite number")
         return float(value)
     if typ is str:
         if value is None:

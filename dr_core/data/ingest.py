@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
 from dr_core.config import DataConfig
@@ -28,6 +30,7 @@ from dr_core.runtime.workers import pool_context
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpeg", ".jpg", ".tif", ".tiff", ".bmp")
+MAX_DECODE_PIXELS = 2**30  # OpenCV's default CV_IO_MAX_IMAGE_PIXELS
 LAYOUTS = {("id_code", "diagnosis"): "aptos", ("image", "level"): "eyepacs"}
 ID_COLUMNS = ("id_code", "image")
 LABEL_COLUMNS = ("diagnosis", "level")
@@ -212,12 +215,19 @@ def find_image_files(ids: pd.Series, img_dir: Path) -> pd.Series:
         raise DataError(f"{img_dir}: image folder not found (looked at {img_dir.resolve()}); "
                         "pass --img-dir or set data.img_dir")
     by_stem: dict[str, list[str]] = {}
+    linked_out: list[str] = []
+    root = img_dir.resolve()
     with os.scandir(img_dir) as entries:
         for entry in entries:
             stem, ext = os.path.splitext(entry.name)
             if ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
                 by_stem.setdefault(stem, []).append(entry.name)
                 by_stem.setdefault(entry.name, []).append(entry.name)
+                if entry.is_symlink() and root not in Path(entry.path).resolve().parents:
+                    linked_out.append(f"{entry.name} -> {Path(entry.path).resolve()}")
+    if linked_out:  # allowed (a shared photo store), but never unnoticed
+        logger.warning("%s: %d image file(s) are symbolic links to outside the folder, followed: %s",
+                       img_dir, len(linked_out), listing(sorted(linked_out)))
     files, ambiguous = [], []
     for value in ids:
         matches = sorted(set(by_stem.get(value, [])))
@@ -296,11 +306,44 @@ def decode_reduced(data: bytes, min_side: int = WORK_MIN_SIDE) -> np.ndarray | N
 
 def truncation(data: bytes) -> str:
     """Reason if a JPEG or PNG file lacks its end marker (cut off mid-copy), else ""."""
-    if data.startswith(b"\xff\xd8") and b"\xff\xd9" not in data[-1024:]:
+    if data.startswith(b"\xff\xd8") and b"\xff\xd9" not in data[-1024:] and not _jpeg_decodes_to_end(data):
         return "truncated JPEG: no end-of-image marker (FF D9)"
     if data.startswith(b"\x89PNG") and b"IEND" not in data[-1024:]:
         return "truncated PNG: no IEND chunk"
     return ""
+
+
+def _jpeg_decodes_to_end(data: bytes) -> bool:
+    """Whether a JPEG with no end marker in its last 1 KB is whole all the same: some cameras and editors
+    append data after the image. A full decode, only for these rare files, tells it from a cut-off copy."""
+    if b"\xff\xd9" not in data:
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # raises OSError ("image file is truncated") on a cut-off copy
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+    return True
+
+
+def too_large(data: bytes) -> str:
+    """Reason if the image's header declares more pixels than the decoders accept, else ""."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as err:  # Pillow refuses to even open beyond twice its limit
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = int(found.group(1)) if found else 0
+        width = height = 0
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    else:
+        pixels = width * height
+    if pixels <= MAX_DECODE_PIXELS:
+        return ""
+    size = f"{width}x{height} = " if width else ""
+    return (f"too large: {size}{pixels:,} pixels, over the decoder's limit of {MAX_DECODE_PIXELS:,} "
+            "(a decompression bomb, or a photograph to downscale before use)")
 
 
 def content_problem(image: np.ndarray) -> str:
@@ -340,7 +383,8 @@ def check_image(path: str) -> ImageCheck:
     except cv2.error:
         image = None
     if image is None:
-        return ImageCheck("unreadable: OpenCV cannot decode it (corrupt, or not an image)", digest)
+        return ImageCheck(too_large(data) or "unreadable: OpenCV cannot decode it (corrupt, or not an image)",
+                          digest)
     reason = content_problem(image)
     if reason:
         return ImageCheck(reason, digest)
