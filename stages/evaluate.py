@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 
 from dr_core.config import load_params
 from dr_core.evaluation.evaluate import evaluate_cached
+from dr_core.runtime.logs import setup_logging
 
 
 def main() -> int:
@@ -19,7 +19,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     params = load_params(args.params)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     evaluate_cached(args.model_path, args.cache_dir, args.out, params.evaluate, params.seed, device)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from dr_core.data.cache import build_cache
 from dr_core.config import load_params
+from dr_core.runtime.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="cache folder to write")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     # Unknown keys and bad types still fail here; only this stage's section is range-checked,
     # which spares the 6 s and 1 GB of importing timm to check model.name.
     cfg = load_params(args.params, validate=False).preprocess

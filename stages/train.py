@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dr_core.config import load_params
 from dr_core.training.fit import fit
+from dr_core.runtime.logs import setup_logging
 
 
 def main() -> int:
@@ -23,7 +24,7 @@ def main() -> int:
     parser.add_argument("--live-dir", type=Path, default=Path("dvclive/train"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     params = load_params(args.params)
     n = params.train.nproc_per_node
     if n > 1 and "LOCAL_RANK" not in os.environ:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from dr_core.config import DataConfig, EvaluateConfig, load_params
+from dr_core.runtime.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where to run the model; auto: CUDA when available")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.params.exists():
         params = load_params(args.params)
         cfg, data, seed = params.evaluate, params.data, params.seed

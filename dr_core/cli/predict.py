@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dr_core.config.params import BAD_IMAGE_POLICIES
+from dr_core.runtime.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = parse_args(argv)
     import torch
 

@@ -6,6 +6,7 @@ scheduler, scaler and early-stopping state.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import timm
 import torch
 from torch import nn
+
+from dr_core.runtime.io import write_atomic
 
 FORMAT_VERSION = 1
 REQUIRED_META = ("model_name", "num_classes", "image_size", "mean", "std", "preprocess", "class_names")
@@ -34,12 +37,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any],
     payload = {"format": FORMAT_VERSION, "meta": meta,
                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "train_state": train_state or {}}
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
+    write_atomic(path, functools.partial(_save_synced, payload))
+
+
+def _save_synced(payload: dict[str, Any], path: Path) -> None:
+    with path.open("wb") as fh:
         torch.save(payload, fh)
         fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+        os.fsync(fh.fileno())  # on disk before the rename: a crash leaves the old file or the new one
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from dr_core.models.checkpoint import read_checkpoint, save_checkpoint
 from dr_core.config import Params
 from dr_core.data.loaders import make_loaders
 from dr_core.runtime.device import autocast_dtype, describe_device, pick_device, seed_everything
+from dr_core.runtime.io import write_atomic
 from dr_core.runtime.distributed import DistInfo, all_ranks_sum, gather_in_order, init_distributed, shutdown
 from dr_core.training.engine import EpochResult, StepContext, TwoStageForward, run_epoch
 from dr_core.models.heads import head_for_loss, num_outputs
@@ -294,6 +294,5 @@ def _log_distribution(grades: np.ndarray, weights: np.ndarray, num_classes: int)
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2)
+    write_atomic(path, lambda p: p.write_text(text))
