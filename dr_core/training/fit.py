@@ -109,8 +109,7 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
     if dist.is_main:
         _log_distribution(loaders.train_grades, weights, params.model.num_classes)
     loss_fn = build_loss(t.loss, weights, t.focal_gamma, t.focal_alpha, t.label_smoothing,
-                         t.regression_loss, t.rank_weight, params.model.num_classes,
-                         params.evaluate.referable_grade).to(device)
+                         t.regression_loss).to(device)
     if dist.enabled and t.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
