@@ -45,7 +45,9 @@ def test_every_guide_flag_has_a_param():
     ({"train": {"two_stage": "yes"}}, r"train.two_stage: got 'yes', expected true or false"),
     ({"model": {"name": "resnet5O"}}, r"model.name: timm does not know 'resnet5O'.*resnet50"),
     ({"evaluate": {"fellow_eye_scope": "grades"}}, r"evaluate.fellow_eye_scope: got 'grades'.*\['referable', 'all'\]"),
-    ({"model": {"global_pool": "sum"}}, r"model.global_pool: got 'sum'.*\['avg', 'max', 'avgmax', 'catavgmax', 'gem'\]"),
+    ({"model": {"global_pool": "sum"}}, r"model.global_pool: got 'sum'.*\['avg', 'max', 'avgmax', 'gem'\]"),
+    ({"model": {"global_pool": "catavgmax"}}, r"model.global_pool: got 'catavgmax'"),  # removed: no measured gain
+    ({"model": {"head_norm": False}}, r"unknown key 'model.head_norm'"),
     ({"split": {"val": 0.6, "test": 0.5}}, r"split.val \+ split.test"),
     ({"data": {"on_bad_image": "ignore"}}, r"data.on_bad_image: got 'ignore'"),
     ({"train": {"aug_strength": 0}}, r"train.aug_strength: got 0.0, expected a number > 0"),

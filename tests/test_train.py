@@ -57,21 +57,6 @@ def test_stage1_leaves_backbone_and_batchnorm_untouched(fake_cache, tmp_path):
     assert set(changed) == head, f"stage 1 changed {set(changed) - head}"
 
 
-def test_stage1_trains_the_head_norm_and_its_checkpoint_rebuilds_it(fake_cache, tmp_path):
-    params = tiny(model={"global_pool": "catavgmax", "head_norm": True}, epochs_stage2=0)
-    from dr_core.models.backbone import build_model
-    torch.manual_seed(params.seed)
-    before = build_model(params.model).state_dict()
-    fit(fake_cache, tmp_path / "m", tmp_path / "l", params)
-    after = read_checkpoint(tmp_path / "m" / "last.pth")["model"]
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed == {"fc.norm.weight", "fc.norm.bias", "fc.norm.running_mean", "fc.norm.running_var",
-                       "fc.norm.num_batches_tracked", "fc.fc.weight", "fc.fc.bias"}
-    model, meta = load_checkpoint(tmp_path / "m" / "best_model.pth")
-    assert meta["head_norm"] is True and isinstance(model.get_classifier().norm, torch.nn.BatchNorm1d)
-    assert torch.equal(model.state_dict()["fc.norm.running_mean"], after["fc.norm.running_mean"])
-
-
 def test_freeze_stride_keeps_early_layers_and_their_statistics(fake_cache, tmp_path):
     params = tiny(epochs_stage1=0, freeze_stride=4)
     from dr_core.models.backbone import build_model, early_parameter_names

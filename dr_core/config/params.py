@@ -18,7 +18,7 @@ LOSSES = ("ce", "weighted_ce", "focal", "regression", "ordinal")
 AUGMENTS = ("none", "basic", "advanced")
 AMP_MODES = ("auto", "fp16", "bf16")
 FREEZE_STRIDES = (0, 2, 4, 8, 16)
-GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax", "gem")  # timm's global pooling before the head, or GeM
+GLOBAL_POOLS = ("avg", "max", "avgmax", "gem")  # timm's global pooling before the head, or GeM
 FELLOW_EYE_SCOPES = ("referable", "all")  # what fellow-eye blending decides (dr_core/evaluation/eyes.py)
 BAD_IMAGE_POLICIES = ("error", "skip")
 PATIENT_SOURCES = ("auto", "eyepacs", "none")  # or the name of a CSV column
@@ -135,8 +135,7 @@ class ModelConfig:
     pretrained_file: str = ""  # "" | path to .pth/.safetensors | "builtin"
     drop_rate: float = 0.2
     drop_path_rate: float = 0.1
-    global_pool: str = "avg"  # avg | max | avgmax | catavgmax (timm's pooling of the last feature map) | gem
-    head_norm: bool = False  # BatchNorm1d on the pooled features before the final linear layer
+    global_pool: str = "avg"  # avg | max | avgmax (timm's pooling of the last feature map) | gem
 
     def validate(self) -> None:
         import timm

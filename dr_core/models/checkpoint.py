@@ -87,8 +87,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
 
     meta.setdefault("head", "classification")  # checkpoints written before heads existed
     meta.setdefault("global_pool", "avg")  # ... or before model.global_pool
+    if meta.get("head_norm"):
+        raise CheckpointError(f"{path}: trained with model.head_norm=true, an option this version no longer has "
+                              "(removed: no measured gain); retrain with this version to use it")
+    if meta["global_pool"] == "catavgmax":
+        raise CheckpointError(f"{path}: trained with model.global_pool=catavgmax, an option this version no longer "
+                              "has (removed: no measured gain); retrain with this version to use it")
     model = create_timm(meta["model_name"], pretrained=False, global_pool=meta["global_pool"],
-                        head_norm=meta.get("head_norm", False),
                         num_classes=num_outputs(meta["head"], meta["num_classes"]))
     result = model.load_state_dict(payload["model"], strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -57,8 +57,7 @@ def run_digest(params: Params, cache_dir: Path) -> str:
 def _checkpoint_meta(params: Params, model_mean, model_std, epoch: int, stage: int) -> dict[str, Any]:
     k = params.model.num_classes
     return {"model_name": params.model.name, "num_classes": k, "head": head_for_loss(params.train.loss),
-            "global_pool": params.model.global_pool, "head_norm": params.model.head_norm,
-            "image_size": params.train.image_size,
+            "global_pool": params.model.global_pool, "image_size": params.train.image_size,
             "mean": list(model_mean), "std": list(model_std), "preprocess": asdict(params.preprocess),
             "class_names": grade_names(k), "epoch": epoch, "stage": stage, "params": params.to_dict()}
 
