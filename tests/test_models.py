@@ -9,7 +9,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from dr_core.config import ModelConfig
+from dr_core.config import GRADE_NAMES, ModelConfig, PreprocessConfig
 from dr_core.models.backbone import (WeightsError, build_model, builtin_state_dict, early_parameter_names,
                             freeze_early_layers, frozen_modules_to_eval, normalisation)
 
@@ -49,7 +49,7 @@ def test_builtin_weights_get_a_new_head():
 
 @pytest.mark.parametrize("pool, width", [("avg", 1280), ("avgmax", 1280), ("gem", 1280)])
 def test_global_pool_reaches_the_head_and_survives_a_checkpoint(tmp_path, pool, width):
-    from dr_core.models.checkpoint import load_checkpoint, save_checkpoint
+    from dr_core.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 
     model = build_model(ModelConfig(pretrained_file="builtin", global_pool=pool), outputs=1).eval()
     assert model.get_classifier().in_features == width
@@ -59,8 +59,9 @@ def test_global_pool_reaches_the_head_and_survives_a_checkpoint(tmp_path, pool, 
                 "gem": feats.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)}[pool]
     with torch.no_grad():
         assert torch.allclose(model(x), model.get_classifier()(expected), atol=1e-5)
-    meta = {"model_name": "tf_efficientnet_lite0", "num_classes": 5, "head": "regression", "global_pool": pool,
-            "image_size": 96, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": {}, "class_names": []}
+    meta = CheckpointMeta(model_name="tf_efficientnet_lite0", num_classes=5, head="regression", global_pool=pool,
+                          image_size=96, mean=(0.5,) * 3, std=(0.5,) * 3, preprocess=PreprocessConfig(),
+                          class_names=GRADE_NAMES)
     save_checkpoint(tmp_path / "m.pth", model, meta)
     loaded, _ = load_checkpoint(tmp_path / "m.pth")
     with torch.no_grad():
@@ -68,8 +69,8 @@ def test_global_pool_reaches_the_head_and_survives_a_checkpoint(tmp_path, pool, 
 
 
 def test_gem_keeps_the_pretrained_backbone_and_learns_its_power(tmp_path):
-    from dr_core.models.checkpoint import load_checkpoint, save_checkpoint
     from dr_core.models.backbone import GeM
+    from dr_core.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 
     model = build_model(ModelConfig(pretrained_file="builtin", global_pool="gem"), outputs=1)
     assert isinstance(model.global_pool, GeM)
@@ -83,8 +84,9 @@ def test_gem_keeps_the_pretrained_backbone_and_learns_its_power(tmp_path):
     assert model.global_pool.p.grad is not None and model.global_pool.p.grad != 0
     with torch.no_grad():
         model.global_pool.p.fill_(4.5)
-    meta = {"model_name": "tf_efficientnet_lite0", "num_classes": 5, "head": "regression", "global_pool": "gem",
-            "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": {}, "class_names": []}
+    meta = CheckpointMeta(model_name="tf_efficientnet_lite0", num_classes=5, head="regression", global_pool="gem",
+                          image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, preprocess=PreprocessConfig(),
+                          class_names=GRADE_NAMES)
     save_checkpoint(tmp_path / "m.pth", model, meta)
     loaded, _ = load_checkpoint(tmp_path / "m.pth")
     assert loaded.global_pool.p.item() == 4.5

@@ -56,18 +56,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         photos = list_photos(args.input)
         threshold, cutpoints, weight, scope = read_operating_point(args.threshold_from) if args.threshold_from \
             else (args.threshold if args.threshold is not None else 0.5, None, 0.0, "referable")
-        referable_grade = int(meta.get("params", {}).get("evaluate", {}).get("referable_grade", 2))
+        referable_grade = meta.referable_grade
         device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
             "cpu" if args.device == "auto" else args.device)
         log.info("%s: %s, %d classes, input %d px; %d photo(s); referable = grade >= %d with score >= %.4f",
-                 args.model_path, meta["model_name"], meta["num_classes"], meta["image_size"], len(photos),
+                 args.model_path, meta.model_name, meta.num_classes, meta.image_size, len(photos),
                  referable_grade, threshold)
         root = args.input if args.input.is_dir() else None
         table, skipped = predict_photos(
             model, meta, photos, root=root, threshold=threshold, referable_grade=referable_grade,
             batch_size=args.batch_size, device=device, tta=args.tta, on_error=args.on_error, cutpoints=cutpoints)
         if weight > 0 and not table.empty:
-            table = blend_fellow_eyes_table(table, weight, scope, threshold, referable_grade, meta["class_names"],
+            table = blend_fellow_eyes_table(table, weight, scope, threshold, referable_grade, meta.class_names,
                                             cutpoints)
         if args.gradcam_dir is not None and not table.empty:
             n = write_gradcams(model, meta, table, photos, root, args.gradcam_dir, args.batch_size, device)

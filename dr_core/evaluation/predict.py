@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dr_core.data.augment import build_transforms, to_tensor
-from dr_core.models.checkpoint import CheckpointError, load_checkpoint
+from dr_core.models.checkpoint import CheckpointMeta
 from dr_core.config import PreprocessConfig
 from dr_core.config.params import BAD_IMAGE_POLICIES
 from dr_core.evaluation.cutpoints import decide_grades
@@ -59,15 +59,6 @@ def list_photos(input_path: Path) -> list[Path]:
     return photos
 
 
-def preprocess_config(meta: dict[str, Any]) -> PreprocessConfig:
-    """The checkpoint's preprocessing settings as a :class:`PreprocessConfig`."""
-    try:
-        return PreprocessConfig(**meta["preprocess"])
-    except TypeError as err:
-        raise CheckpointError(f"checkpoint preprocessing settings do not fit this version of dr_core "
-                              f"({err}); re-export the checkpoint or use the matching dr_core") from err
-
-
 def load_photo(path: Path, cfg: PreprocessConfig) -> np.ndarray:
     """Read and preprocess one photo to uint8 (S, S, 3); :class:`PhotoError` names the file."""
     try:
@@ -82,7 +73,7 @@ def photo_name(path: Path, root: Path | None) -> str:
     return str(path.relative_to(root)) if root is not None else str(path)
 
 
-def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path], root: Path | None = None,
+def predict_photos(model: nn.Module, meta: CheckpointMeta, photos: Sequence[Path], root: Path | None = None,
                    threshold: float = 0.5, referable_grade: int = 2, batch_size: int = 16,
                    device: str | torch.device = "cpu", tta: bool = False, on_error: str = "error",
                    cutpoints: Sequence[float] | None = None) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
@@ -107,8 +98,8 @@ def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path
     """
     if on_error not in BAD_IMAGE_POLICIES:
         raise ValueError(f"on_error must be one of {list(BAD_IMAGE_POLICIES)}, got {on_error!r}")
-    cfg = preprocess_config(meta)
-    names = list(meta["class_names"])
+    cfg = meta.preprocess
+    names = list(meta.class_names)
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[Path, str]] = []
     for start in tqdm(range(0, len(photos), batch_size), desc="grading", unit="batch", disable=None):
@@ -139,14 +130,14 @@ def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path
     return pd.DataFrame(rows, columns=columns), skipped
 
 
-def write_gradcams(model: nn.Module, meta: dict[str, Any], table: pd.DataFrame, photos: Sequence[Path],
+def write_gradcams(model: nn.Module, meta: CheckpointMeta, table: pd.DataFrame, photos: Sequence[Path],
                    root: Path | None, out_dir: Path, batch_size: int = 16,
                    device: str | torch.device = "cpu") -> int:
     """Write ``<photo stem>_gradcam.png`` into ``out_dir`` for every photo in ``table`` (the final
     table of :func:`predict_photos`, after any fellow-eye blending): the preprocessed photo beside its
     Grad-CAM overlay, captioned with the row's grade and referable score. Returns the count."""
-    cfg = preprocess_config(meta)
-    transform = build_transforms(meta["image_size"], meta["mean"], meta["std"], "none")
+    cfg = meta.preprocess
+    transform = build_transforms(meta.image_size, meta.mean, meta.std, "none")
     by_file = {photo_name(p, root): p for p in photos}
     rows = [row for _, row in table.iterrows()]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -156,8 +147,7 @@ def write_gradcams(model: nn.Module, meta: dict[str, Any], table: pd.DataFrame, 
         images = [load_photo(by_file[row["file"]], cfg) for row in batch]
         x = torch.stack([to_tensor(transform(image=im)["image"]) for im in images]).to(device)
         target_module = target_module or feature_module(model, x)
-        maps, _ = grad_cam(model, x, target_module=target_module, head=meta.get("head", "classification"),
-                           num_classes=meta["num_classes"])
+        maps, _ = grad_cam(model, x, target_module=target_module, head=meta.head, num_classes=meta.num_classes)
         for row, image, cam in zip(batch, images, maps):
             top = row[f"prob_{int(row['grade'])}"]
             caption = (f"{row['grade_name']} (p={top:.2f}), "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dr_core.models.checkpoint import read_checkpoint, save_checkpoint
+from dr_core.models.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from dr_core.config import Params
 from dr_core.data.loaders import make_loaders
 from dr_core.runtime.device import autocast_dtype, describe_device, pick_device, seed_everything
@@ -54,12 +53,14 @@ def run_digest(params: Params, cache_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _checkpoint_meta(params: Params, model_mean, model_std, epoch: int, stage: int) -> dict[str, Any]:
+def _checkpoint_meta(params: Params, model_mean: tuple[float, ...], model_std: tuple[float, ...], epoch: int,
+                     stage: int) -> CheckpointMeta:
     k = params.model.num_classes
-    return {"model_name": params.model.name, "num_classes": k, "head": head_for_loss(params.train.loss),
-            "global_pool": params.model.global_pool, "image_size": params.train.image_size,
-            "mean": list(model_mean), "std": list(model_std), "preprocess": asdict(params.preprocess),
-            "class_names": grade_names(k), "epoch": epoch, "stage": stage, "params": params.to_dict()}
+    return CheckpointMeta(model_name=params.model.name, num_classes=k, image_size=params.train.image_size,
+                          mean=model_mean, std=model_std, preprocess=params.preprocess, class_names=grade_names(k),
+                          head=head_for_loss(params.train.loss), global_pool=params.model.global_pool,
+                          referable_grade=params.evaluate.referable_grade, channels_last=params.train.channels_last,
+                          epoch=epoch, stage=stage, params=params.to_dict())
 
 
 def _resume_state(path: Path, digest: str) -> dict[str, Any] | None:
