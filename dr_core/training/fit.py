@@ -20,8 +20,8 @@ from dr_core.models.checkpoint import CheckpointMeta, read_checkpoint, save_chec
 from dr_core.config import Params
 from dr_core.data.loaders import make_loaders
 from dr_core.runtime.device import autocast_dtype, describe_device, pick_device, seed_everything
-from dr_core.runtime.io import write_atomic
 from dr_core.runtime.distributed import DistInfo, all_ranks_sum, gather_in_order, init_distributed, shutdown
+from dr_core.runtime.io import write_atomic
 from dr_core.training.engine import EpochResult, StepContext, TwoStageForward, run_epoch
 from dr_core.models.heads import head_for_loss, num_outputs
 from dr_core.training.losses import build_loss, class_weights
