@@ -71,7 +71,7 @@ def test_zero_workers_means_every_usable_core():
 def test_setup_logging_shows_info_records_with_the_logger_name(capfd):
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    root.handlers = []  # basicConfig does nothing when the root logger has handlers already
+    root.handlers = []  # the set-up leaves a root logger that has handlers alone
     try:
         setup_logging()
         logging.getLogger("dr_core.example").info("%d photos", 3)
