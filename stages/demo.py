@@ -8,6 +8,7 @@ from pathlib import Path
 from stages import run
 from dr_core.config import GRADE_NAMES, load_params
 from dr_core.synthetic.demo import make_demo_dataset
+from dr_core.runtime.logs import setup_logging
 
 PARAMS = ("seed", "demo")  # = its params in dvc.yaml (tests/test_dvc_deps.py)
 
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0,
                         help="processes (0: all cores); the images do not depend on it")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     params = load_params(args.params).only(PARAMS, "demo")
     table = make_demo_dataset(args.out, params.demo.n_patients, params.demo.image_size, params.seed,
                               workers=args.workers)

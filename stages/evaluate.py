@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import torch
@@ -10,6 +9,7 @@ import torch
 from stages import run
 from dr_core.config import load_params
 from dr_core.evaluation.evaluate import evaluate_cached
+from dr_core.runtime.logs import setup_logging
 
 PARAMS = ("seed", "evaluate")  # = its params in dvc.yaml (tests/test_dvc_deps.py)
 
@@ -21,7 +21,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     params = load_params(args.params).only(PARAMS, "evaluate")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     evaluate_cached(args.model_path, args.cache_dir, args.out, params.evaluate, params.seed, device)

@@ -5,12 +5,12 @@ The photographs are read from ``data.img_dir`` in params.yaml, never from the co
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from dr_core.data.cache import build_cache
 from stages import run
 from dr_core.config import load_params
+from dr_core.runtime.logs import setup_logging
 
 PARAMS = ("preprocess", "data.img_dir")  # = its params in dvc.yaml (tests/test_dvc_deps.py)
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="cache folder to write")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     # Unknown keys and bad types still fail here; only this stage's sections are range-checked,
     # which spares the 6 s and 1 GB of importing timm to check model.name.
     params = load_params(args.params, validate=False).only(PARAMS, "preprocess")

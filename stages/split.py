@@ -14,7 +14,9 @@ from pathlib import Path
 from stages import run
 from dr_core.config import load_params
 from dr_core.data.ingest import DataError
-from dr_core.data.split import run_split, write_atomic
+from dr_core.data.split import run_split
+from dr_core.runtime.io import write_atomic
+from dr_core.runtime.logs import setup_logging
 
 PARAMS = ("seed", "data", "split", "model.num_classes", "preprocess.workers")  # = dvc.yaml (tests/test_dvc_deps.py)
 
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write summary.json here (DVC metric)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     params = load_params(args.params).only(PARAMS, "split")
     try:
         summary = run_split(Path(params.data.labels_csv), Path(params.data.img_dir), args.out, params.data, params.split,

@@ -15,6 +15,7 @@ from pathlib import Path
 from stages import run
 from dr_core.config import load_params
 from dr_core.training.fit import fit
+from dr_core.runtime.logs import setup_logging
 
 # = its params in dvc.yaml (tests/test_dvc_deps.py). preprocess: written into the checkpoint, so that
 # evaluate and predict prepare raw photos as the cache did; evaluate.referable_grade: val AUC per epoch.
@@ -28,7 +29,7 @@ def main() -> int:
     parser.add_argument("--live-dir", type=Path, default=Path("dvclive/train"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     params = load_params(args.params).only(PARAMS, "train")
     n = params.train.nproc_per_node
     if n > 1 and "LOCAL_RANK" not in os.environ:

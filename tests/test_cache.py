@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dr_core.data.cache import CacheBuildError, build_cache, resolve_workers
+from dr_core.data.cache import CacheBuildError, build_cache
 from dr_core.config import PreprocessConfig
 from dr_core.data.dataset import load_cache
 from dr_core.data.preprocess import preprocess_image, read_fundus
+from dr_core.runtime.workers import resolve_workers
 
 SIZE = 48
 COUNTS = {"train": 6, "val": 3, "test": 2}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -13,7 +12,7 @@ import timm
 import torch
 
 from conftest import fake_fundus
-from dr_core.models.checkpoint import save_checkpoint
+from dr_core.models.checkpoint import CheckpointMeta, save_checkpoint
 from dr_core.config import GRADE_NAMES, PreprocessConfig
 from dr_core.cli.evaluate import main
 
@@ -23,9 +22,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """An untrained checkpoint and 12 EyePACS-named photos of 6 patients with their labels."""
     root = tmp_path_factory.mktemp("evaluate_cli")
     torch.manual_seed(0)
-    meta = {"model_name": "resnet10t", "num_classes": 5, "image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3,
-            "preprocess": asdict(PreprocessConfig(cache_size=64)), "class_names": list(GRADE_NAMES),
-            "epoch": 1, "stage": 2, "params": {"evaluate": {"referable_grade": 2}}}
+    meta = CheckpointMeta(model_name="resnet10t", num_classes=5, image_size=64, mean=(0.5,) * 3, std=(0.25,) * 3,
+                          preprocess=PreprocessConfig(cache_size=64), class_names=GRADE_NAMES, referable_grade=2,
+                          epoch=1, stage=2)
     model = timm.create_model("resnet10t", num_classes=5)
     torch.nn.init.normal_(model.get_classifier().weight, std=3.0)  # photos' scores far apart
     save_checkpoint(root / "best_model.pth", model, meta)

@@ -85,7 +85,7 @@ def test_train_and_evaluate_with_a_non_classification_head(fake_cache, tmp_path,
         "evaluate": {"grade_rule": "qwk", "bootstrap": 20}})
     fit(fake_cache, tmp_path / "models", tmp_path / "live", params)
     model, meta = load_checkpoint(tmp_path / "models" / "best_model.pth")
-    assert meta["head"] == loss and model.get_classifier().out_features == num_outputs(loss, 5)
+    assert meta.head == loss and model.get_classifier().out_features == num_outputs(loss, 5)
     metrics = evaluate_cached(tmp_path / "models" / "best_model.pth", fake_cache, tmp_path / "results",
                               params.evaluate)
     point = json.loads((tmp_path / "results" / "operating_point.json").read_text())

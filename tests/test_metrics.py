@@ -9,9 +9,11 @@ import pytest
 from sklearn.metrics import (balanced_accuracy_score, cohen_kappa_score, f1_score, precision_recall_fscore_support,
                              roc_auc_score)
 
+from dr_core.config import EvaluateConfig
 from dr_core.evaluation import metrics as m
 from dr_core.evaluation.bootstrap import GroupSampler, bootstrap_ci
 from dr_core.evaluation.calibration import brier_score, expected_calibration_error, log_loss, reliability_bins
+from dr_core.evaluation.predictions import Decision, Predictions
 
 
 def onehot_probs(grades: list[int], num_classes: int = 5, confidence: float = 0.9) -> np.ndarray:
@@ -235,7 +237,8 @@ def test_compute_metrics_keys_values_and_json() -> None:
     y = rng.integers(0, 5, 120)
     probs = 0.6 * onehot_probs(list(y), confidence=0.8) + 0.4 * rng.dirichlet(np.ones(5), 120)
     patients = [f"p{i // 2}" for i in range(120)]
-    out = m.compute_metrics(y, probs, patients, threshold=0.5, referable_grade=2, n_bootstrap=50, seed=0)
+    out = m.compute_metrics(Predictions(list(range(120)), patients, y, probs), Decision(threshold=0.5),
+                            EvaluateConfig(referable_grade=2, bootstrap=50), seed=0)
     for key in ("qwk", "accuracy", "balanced_accuracy", "f1_macro", "auc_macro", "referable_auc",
                 "referable_sensitivity", "referable_specificity", "referable_threshold", "ece",
                 "qwk_ci_low", "qwk_ci_high", "referable_auc_ci_low", "referable_auc_ci_high",
@@ -253,7 +256,8 @@ def test_compute_metrics_keys_values_and_json() -> None:
 def test_compute_metrics_absent_grade_gives_none_not_a_crash() -> None:
     y = np.array([0, 0, 1, 2, 2, 4, 4, 0])  # grade 3 absent
     probs = onehot_probs([0, 1, 1, 2, 3, 4, 4, 0])
-    out = m.compute_metrics(y, probs, list("abcdefgh"), 0.5, 2, n_bootstrap=20, seed=0)
+    out = m.compute_metrics(Predictions(list(range(8)), list("abcdefgh"), y, probs), Decision(0.5),
+                            EvaluateConfig(referable_grade=2, bootstrap=20), seed=0)
     assert out["per_class"]["Severe"]["auc"] is None and out["per_class"]["Severe"]["recall"] is None
     assert out["auc_macro"] is not None
     json.dumps(out, allow_nan=False)

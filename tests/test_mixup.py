@@ -73,16 +73,15 @@ def test_run_epoch_mixes_training_batches_only(train):
     assert torch.equal(torch.as_tensor(res.y_true), y)  # metrics are against the real grades
 
 
-@pytest.mark.parametrize("rank_weight", [0.0, 1.0])  # 1.0: with the referable ranking term (train.rank_weight)
 @pytest.mark.parametrize("loss", ["ce", "weighted_ce", "focal", "regression", "ordinal"])
-def test_every_head_trains_with_mixup(loss, rank_weight):
+def test_every_head_trains_with_mixup(loss):
     torch.manual_seed(0)
     head = head_for_loss(loss)
     x, y = torch.randn(12, 3, 4, 4), torch.arange(12) % 5
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=6)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, num_outputs(head, 5)))
     before = model[1].weight.detach().clone()
-    loss_fn = build_loss(loss, np.ones(5), rank_weight=rank_weight, num_classes=5)
+    loss_fn = build_loss(loss, np.ones(5))
     ctx = StepContext(device=torch.device("cpu"), head=head, mixup_alpha=0.4)
     res = run_epoch(model, loader, loss_fn, ctx, torch.optim.SGD(model.parameters(), lr=0.1))
     assert np.isfinite(res.loss) and res.probs.shape == (12, 5)

@@ -9,7 +9,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from dr_core.config import ModelConfig
+from dr_core.config import GRADE_NAMES, ModelConfig, PreprocessConfig
 from dr_core.models.backbone import (WeightsError, build_model, builtin_state_dict, early_parameter_names,
                             freeze_early_layers, frozen_modules_to_eval, normalisation)
 
@@ -47,21 +47,21 @@ def test_builtin_weights_get_a_new_head():
     assert torch.equal(model.state_dict()["conv_stem.weight"], ref["conv_stem.weight"])
 
 
-@pytest.mark.parametrize("pool, width", [("avg", 1280), ("avgmax", 1280), ("catavgmax", 2560), ("gem", 1280)])
+@pytest.mark.parametrize("pool, width", [("avg", 1280), ("avgmax", 1280), ("gem", 1280)])
 def test_global_pool_reaches_the_head_and_survives_a_checkpoint(tmp_path, pool, width):
-    from dr_core.models.checkpoint import load_checkpoint, save_checkpoint
+    from dr_core.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 
     model = build_model(ModelConfig(pretrained_file="builtin", global_pool=pool), outputs=1).eval()
     assert model.get_classifier().in_features == width
     x = torch.rand(2, 3, 96, 96)
     feats = model.forward_features(x)
     expected = {"avg": feats.mean((2, 3)), "avgmax": 0.5 * (feats.mean((2, 3)) + feats.amax((2, 3))),
-                "catavgmax": torch.cat([feats.mean((2, 3)), feats.amax((2, 3))], 1),
                 "gem": feats.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)}[pool]
     with torch.no_grad():
         assert torch.allclose(model(x), model.get_classifier()(expected), atol=1e-5)
-    meta = {"model_name": "tf_efficientnet_lite0", "num_classes": 5, "head": "regression", "global_pool": pool,
-            "image_size": 96, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": {}, "class_names": []}
+    meta = CheckpointMeta(model_name="tf_efficientnet_lite0", num_classes=5, head="regression", global_pool=pool,
+                          image_size=96, mean=(0.5,) * 3, std=(0.5,) * 3, preprocess=PreprocessConfig(),
+                          class_names=GRADE_NAMES)
     save_checkpoint(tmp_path / "m.pth", model, meta)
     loaded, _ = load_checkpoint(tmp_path / "m.pth")
     with torch.no_grad():
@@ -69,8 +69,8 @@ def test_global_pool_reaches_the_head_and_survives_a_checkpoint(tmp_path, pool, 
 
 
 def test_gem_keeps_the_pretrained_backbone_and_learns_its_power(tmp_path):
-    from dr_core.models.checkpoint import load_checkpoint, save_checkpoint
     from dr_core.models.backbone import GeM
+    from dr_core.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 
     model = build_model(ModelConfig(pretrained_file="builtin", global_pool="gem"), outputs=1)
     assert isinstance(model.global_pool, GeM)
@@ -84,8 +84,9 @@ def test_gem_keeps_the_pretrained_backbone_and_learns_its_power(tmp_path):
     assert model.global_pool.p.grad is not None and model.global_pool.p.grad != 0
     with torch.no_grad():
         model.global_pool.p.fill_(4.5)
-    meta = {"model_name": "tf_efficientnet_lite0", "num_classes": 5, "head": "regression", "global_pool": "gem",
-            "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": {}, "class_names": []}
+    meta = CheckpointMeta(model_name="tf_efficientnet_lite0", num_classes=5, head="regression", global_pool="gem",
+                          image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, preprocess=PreprocessConfig(),
+                          class_names=GRADE_NAMES)
     save_checkpoint(tmp_path / "m.pth", model, meta)
     loaded, _ = load_checkpoint(tmp_path / "m.pth")
     assert loaded.global_pool.p.item() == 4.5
@@ -170,51 +171,15 @@ def test_frozen_layers_stay_in_eval_mode():
     assert model.layer2.training and model.fc.training
 
 
-@pytest.mark.parametrize("pool", ["catavgmax", "gem"])
-def test_head_norm_puts_unit_scale_features_before_the_linear_layer(tmp_path, pool):
-    from dr_core.models.checkpoint import load_checkpoint, save_checkpoint
-    from dr_core.models.backbone import head_parameters
+@pytest.mark.parametrize("removed, option", [({"head_norm": True}, "model.head_norm=true"),
+                                             ({"global_pool": "catavgmax"}, "model.global_pool=catavgmax")])
+def test_a_checkpoint_of_a_removed_option_says_to_retrain(tmp_path, removed, option):
+    from dr_core.models.checkpoint import CheckpointError, load_checkpoint
 
-    model = build_model(ModelConfig(pretrained_file="builtin", global_pool=pool, head_norm=True), outputs=1)
-    head = model.get_classifier()
-    assert isinstance(head.norm, torch.nn.BatchNorm1d) and isinstance(head.fc, torch.nn.Linear)
-    assert torch.equal(model.state_dict()["conv_stem.weight"], builtin_state_dict()["conv_stem.weight"])
-    assert head.fc.weight.std().item() == pytest.approx(0.01, rel=0.2)  # the small new-head init
-    # stage 1 trains the norm with the linear layer
-    assert {id(p) for p in head.norm.parameters()} <= {id(p) for p in head_parameters(model)}
-    # in training, each pooled feature reaches the linear layer at unit scale whatever the pooling
-    x = torch.rand(8, 3, 64, 64)
-    model.eval()
-    with torch.no_grad():
-        pooled = model.global_pool(model.forward_features(x))
-    normed = head.norm.train()(pooled).detach()
-    assert normed.mean(0).abs().max().item() < 1e-4
-    varying = pooled.var(0, unbiased=False) > 1e-3  # (on noise images many maps are all zero)
-    assert varying.sum().item() >= 100
-    var = normed.var(0, unbiased=False)[varying]
-    assert var.min().item() > 0.98 and var.max().item() < 1.001
-    # evaluation uses the running statistics, and a checkpoint keeps them
-    head.norm.eval()
-    with torch.no_grad():
-        head.norm.running_mean.fill_(0.3)
-        head.norm.running_var.fill_(2.0)
-        expected = head.fc((pooled - 0.3) / (2.0 + head.norm.eps) ** 0.5)
-        assert torch.allclose(model(x), expected, atol=1e-5)
-    meta = {"model_name": "tf_efficientnet_lite0", "num_classes": 5, "head": "regression", "global_pool": pool,
-            "head_norm": True, "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": {},
-            "class_names": []}
-    save_checkpoint(tmp_path / "m.pth", model, meta)
-    loaded, _ = load_checkpoint(tmp_path / "m.pth")
-    with torch.no_grad():
-        assert torch.allclose(loaded(x), expected, atol=1e-5)
-
-
-def test_head_norm_refuses_a_model_without_a_linear_classifier():
-    from dr_core.models.backbone import attach_head_norm
-
-    with pytest.raises(ValueError, match="model.head_norm: Linear .*it has no get_classifier.*set model.head_norm=false"):
-        attach_head_norm(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="classifier 'head.fc' sits inside a head module"):
-        attach_head_norm(timm.create_model("convnext_atto", pretrained=False, num_classes=5))
-    with pytest.raises(ValueError, match="its classifier is a Identity, not a Linear layer"):
-        attach_head_norm(timm.create_model("resnet10t", pretrained=False, num_classes=0))
+    meta = {"model_name": "resnet10t", "num_classes": 5, "head": "classification", "global_pool": "avg",
+            "head_norm": False, "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess": {},
+            "class_names": ["No DR", "Mild", "Moderate", "Severe", "Proliferative"], **removed}
+    # as an older version wrote it: a plain dict, torch.save without the atomic rename
+    torch.save({"format": 1, "meta": meta, "model": {}, "train_state": {}}, tmp_path / "old.pth")
+    with pytest.raises(CheckpointError, match=rf"old.pth: trained with {option}.*retrain"):
+        load_checkpoint(tmp_path / "old.pth")

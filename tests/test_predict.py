@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from conftest import fake_fundus
-from dr_core.models.checkpoint import load_checkpoint, save_checkpoint
+from dr_core.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from dr_core.config import GRADE_NAMES, PreprocessConfig
 from dr_core.evaluation.gradcam import GradCamError, feature_module, grad_cam, overlay_heatmap, side_by_side
 from dr_core.evaluation.inference import predict_probs
@@ -95,9 +94,9 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("predict")
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", num_classes=5)
-    meta = {"model_name": "resnet10t", "num_classes": 5, "image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3,
-            "preprocess": asdict(PreprocessConfig(cache_size=64)), "class_names": list(GRADE_NAMES),
-            "epoch": 1, "stage": 2, "params": {"evaluate": {"referable_grade": 2}}}
+    meta = CheckpointMeta(model_name="resnet10t", num_classes=5, image_size=64, mean=(0.5,) * 3, std=(0.25,) * 3,
+                          preprocess=PreprocessConfig(cache_size=64), class_names=GRADE_NAMES, referable_grade=2,
+                          epoch=1, stage=2)
     save_checkpoint(root / "best_model.pth", model, meta)
     folder = root / "photos"
     folder.mkdir()
@@ -137,7 +136,7 @@ def test_predict_applies_the_checkpoint_preprocessing(photos, tmp_path: Path) ->
     assert main(["--model-path", str(model_path), "--input", str(folder / "eye1.png"), "--output", str(out)]) == 0
     row = pd.read_csv(out).iloc[0]
     model, meta = load_checkpoint(model_path)
-    cached = preprocess_image(read_fundus(folder / "eye1.png"), PreprocessConfig(**meta["preprocess"]))
+    cached = preprocess_image(read_fundus(folder / "eye1.png"), meta.preprocess)
     expected = predict_probs(model, cached[None], meta)[0]
     np.testing.assert_allclose([row[f"prob_{k}"] for k in range(5)], expected, atol=1e-5)
 

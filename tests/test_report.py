@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from dr_core.config import EvaluateConfig
+from dr_core.evaluation.predictions import Decision, Predictions
 from dr_core.evaluation.report import OUTPUT_FILES, choose_threshold, write_evaluation
 
 
@@ -34,8 +35,8 @@ def evaluation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, np
     out = tmp_path_factory.mktemp("eval") / "results"
     cfg = EvaluateConfig(bootstrap=30)
     point = choose_threshold(val_y, val_probs, cfg)
-    metrics = write_evaluation(out, ids, patients, y, probs, point["threshold"], cfg, seed=0,
-                               operating_point=point)
+    metrics = write_evaluation(out, Predictions(ids, patients, y, probs), Decision.from_operating_point(point), cfg,
+                               seed=0)
     return out, metrics, probs
 
 
@@ -65,8 +66,8 @@ def test_metrics_json_is_nested_under_the_split(evaluation) -> None:
 def test_prefix_none_writes_flat_metrics(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     y, probs = fake_split(30, rng)
-    write_evaluation(tmp_path, list(range(30)), list(range(30)), y, probs, 0.5, EvaluateConfig(bootstrap=0),
-                     prefix=None)
+    write_evaluation(tmp_path, Predictions(list(range(30)), list(range(30)), y, probs), Decision(0.5),
+                     EvaluateConfig(bootstrap=0), prefix=None)
     data = json.loads((tmp_path / "metrics.json").read_text())
     assert "qwk" in data and data["qwk_ci_low"] is None  # no bootstrap: no interval
     text = (tmp_path / "classification_report.txt").read_text()
@@ -97,8 +98,8 @@ def test_predictions_csv_keeps_tiny_scores_apart(tmp_path: Path) -> None:
     probs = np.zeros((60, 5), np.float32)
     probs[:, 2], probs[:, 0] = score, 1 - score
     assert roc_auc_score(y >= 2, np.round(score, 6)) != pytest.approx(roc_auc_score(y >= 2, score), abs=1e-3)
-    metrics = write_evaluation(tmp_path, list(range(60)), list(range(60)), y, probs, 1e-5,
-                               EvaluateConfig(bootstrap=0), score=score)
+    metrics = write_evaluation(tmp_path, Predictions(list(range(60)), list(range(60)), y, probs, score), Decision(1e-5),
+                               EvaluateConfig(bootstrap=0))
     table = pd.read_csv(tmp_path / "predictions.csv")
     assert (table["referable_score"].to_numpy(np.float32) == score).all()  # float32 round-trips exactly
     assert roc_auc_score(table["true_grade"] >= 2, table["referable_score"]) == pytest.approx(
@@ -143,8 +144,8 @@ def test_val_qwk_follows_the_grade_rule_and_reaches_metrics_json(tmp_path: Path)
     by_cuts = np.searchsorted(cuts, expected, side="right")
     assert point["val_qwk"] == pytest.approx(cohen_kappa_score(val_y, by_cuts, weights="quadratic"))
     y, probs = fake_split(40, rng)
-    metrics = write_evaluation(tmp_path, list(range(40)), list(range(40)), y, probs, point["threshold"],
-                               EvaluateConfig(bootstrap=0), operating_point=point, cutpoints=cuts)
+    metrics = write_evaluation(tmp_path, Predictions(list(range(40)), list(range(40)), y, probs),
+                               Decision(point["threshold"], cuts, point), EvaluateConfig(bootstrap=0))
     assert metrics["val_referable_auc"] == point["val_auc"] and metrics["val_qwk"] == point["val_qwk"]
     assert "validation AUC" in (tmp_path / "classification_report.txt").read_text()
 
@@ -157,17 +158,18 @@ def test_a_given_referable_score_replaces_the_one_probs_imply(tmp_path: Path) ->
     val_score, score = rng.random(50), rng.random(60)
     point = choose_threshold(val_y, val_probs, cfg, val_score=val_score)
     assert point["val_auc"] == pytest.approx(roc_auc_score(val_y >= 2, val_score), abs=1e-6)
-    metrics = write_evaluation(tmp_path, list(range(60)), list(range(60)), y, probs, point["threshold"], cfg,
-                               operating_point=point, score=score)
-    plain = write_evaluation(tmp_path / "plain", list(range(60)), list(range(60)), y, probs, point["threshold"],
-                             cfg, operating_point=point)
+    metrics = write_evaluation(tmp_path, Predictions(list(range(60)), list(range(60)), y, probs, score),
+                               Decision.from_operating_point(point), cfg)
+    plain = write_evaluation(tmp_path / "plain", Predictions(list(range(60)), list(range(60)), y, probs),
+                             Decision.from_operating_point(point), cfg)
     assert metrics["referable_auc"] == pytest.approx(roc_auc_score(y >= 2, score), abs=1e-6)
     assert metrics["referable_auc"] != plain["referable_auc"] and metrics["qwk"] == plain["qwk"]
     table = pd.read_csv(tmp_path / "predictions.csv")
     assert np.allclose(table["referable_score"], score, atol=1e-6)
     assert (table["referable_pred"] == (score >= point["threshold"])).all()
     with pytest.raises(ValueError, match="referable score has shape"):
-        write_evaluation(tmp_path, list(range(60)), list(range(60)), y, probs, 0.5, cfg, score=score[:10])
+        write_evaluation(tmp_path, Predictions(list(range(60)), list(range(60)), y, probs, score[:10]), Decision(0.5),
+                         cfg)
 
 
 def test_report_text_has_the_referable_block(evaluation) -> None:
@@ -187,7 +189,8 @@ def test_other_number_of_classes_and_absent_grade(tmp_path: Path) -> None:
     val_y, val_probs = fake_split(40, rng, num_classes=3)
     cfg = EvaluateConfig(bootstrap=10)
     point = choose_threshold(val_y, val_probs, cfg)
-    metrics = write_evaluation(tmp_path, list(range(40)), list(range(40)), y, probs, point["threshold"], cfg)
+    metrics = write_evaluation(tmp_path, Predictions(list(range(40)), list(range(40)), y, probs),
+                               Decision(point["threshold"]), cfg)
     assert set(metrics["per_class"]) == {"grade 0", "grade 1", "grade 2"}
     assert metrics["per_class"]["grade 1"]["auc"] is None
     assert pd.read_csv(tmp_path / "plots" / "roc_grade_1.csv").empty
@@ -197,4 +200,5 @@ def test_mismatched_lengths_are_refused(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     y, probs = fake_split(10, rng)
     with pytest.raises(ValueError, match="9 ids for 10 rows"):
-        write_evaluation(tmp_path, list(range(9)), list(range(10)), y, probs, 0.5, EvaluateConfig())
+        write_evaluation(tmp_path, Predictions(list(range(9)), list(range(10)), y, probs), Decision(0.5),
+                         EvaluateConfig())

@@ -162,7 +162,7 @@ def test_run_split_writes_patient_grouped_outputs(tmp_path):
     assert set(summary["class_weights"]) == {"0", "1", "2", "3", "4"}
     assert json.loads((out / "summary.json").read_text()) == summary
     assert pd.read_csv(out / "bad_images.csv").columns.tolist() == ["id", "file", "reason"]
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob("*.tmp"))
 
 
 def test_run_split_with_folds_records_the_fold_and_tests_every_patient_once(tmp_path):

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from dr_core.config import DataConfig, EvaluateConfig, load_params
+from dr_core.runtime.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where to run the model; auto: CUDA when available")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.params.exists():
         params = load_params(args.params)
         cfg, data, seed = params.evaluate, params.data, params.seed
@@ -74,13 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, tta=True)
     from dr_core.data.ingest import DataError
     from dr_core.evaluation.evaluate import evaluate_folder
+    from dr_core.evaluation.predictions import Decision
     from dr_core.models.checkpoint import CheckpointError
     from dr_core.runtime.device import pick_device
 
     try:
         threshold, cutpoints, cfg = _operating_point(args, cfg)
         metrics = evaluate_folder(args.labels_csv, args.img_dir, args.model_path, args.output_dir, cfg,
-                                  threshold, data, str(pick_device(args.device)), seed, cutpoints)
+                                  Decision(threshold, cutpoints), data, str(pick_device(args.device)), seed)
     except (DataError, CheckpointError, OSError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dr_core.config.params import BAD_IMAGE_POLICIES
+from dr_core.runtime.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = parse_args(argv)
     import torch
 
+    from dr_core.config import EvaluateConfig
+    from dr_core.evaluation.predictions import Decision
     from dr_core.evaluation.predict import (PhotoError, blend_fellow_eyes_table, list_photos, predict_photos,
                                             read_operating_point, write_gradcams)
     from dr_core.evaluation.report import PREDICTION_FORMAT
@@ -55,19 +58,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         photos = list_photos(args.input)
         threshold, cutpoints, weight, scope = read_operating_point(args.threshold_from) if args.threshold_from \
             else (args.threshold if args.threshold is not None else 0.5, None, 0.0, "referable")
-        referable_grade = int(meta.get("params", {}).get("evaluate", {}).get("referable_grade", 2))
+        decision = Decision(threshold, cutpoints)
+        # the grade the checkpoint's run called referable; the blending its operating point was chosen with
+        cfg = EvaluateConfig(referable_grade=meta.referable_grade, batch_size=args.batch_size, tta=args.tta,
+                             fellow_eye_weight=weight, fellow_eye_scope=scope)
+        cfg.validate()
         device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
             "cpu" if args.device == "auto" else args.device)
         log.info("%s: %s, %d classes, input %d px; %d photo(s); referable = grade >= %d with score >= %.4f",
-                 args.model_path, meta["model_name"], meta["num_classes"], meta["image_size"], len(photos),
-                 referable_grade, threshold)
+                 args.model_path, meta.model_name, meta.num_classes, meta.image_size, len(photos),
+                 cfg.referable_grade, threshold)
         root = args.input if args.input.is_dir() else None
-        table, skipped = predict_photos(
-            model, meta, photos, root=root, threshold=threshold, referable_grade=referable_grade,
-            batch_size=args.batch_size, device=device, tta=args.tta, on_error=args.on_error, cutpoints=cutpoints)
-        if weight > 0 and not table.empty:
-            table = blend_fellow_eyes_table(table, weight, scope, threshold, referable_grade, meta["class_names"],
-                                            cutpoints)
+        table, skipped = predict_photos(model, meta, photos, decision, cfg, root=root, device=device,
+                                        on_error=args.on_error)
+        if cfg.fellow_eye_weight > 0 and not table.empty:
+            table = blend_fellow_eyes_table(table, cfg, decision, meta.class_names)
         if args.gradcam_dir is not None and not table.empty:
             n = write_gradcams(model, meta, table, photos, root, args.gradcam_dir, args.batch_size, device)
             log.info("wrote %d Grad-CAM overlay(s) to %s", n, args.gradcam_dir)

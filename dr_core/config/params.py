@@ -19,7 +19,7 @@ LOSSES = ("ce", "weighted_ce", "focal", "regression", "ordinal")
 AUGMENTS = ("none", "basic", "advanced")
 AMP_MODES = ("auto", "fp16", "bf16")
 FREEZE_STRIDES = (0, 2, 4, 8, 16)
-GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax", "gem")  # timm's global pooling before the head, or GeM
+GLOBAL_POOLS = ("avg", "max", "avgmax", "gem")  # timm's global pooling before the head, or GeM
 FELLOW_EYE_SCOPES = ("referable", "all")  # what fellow-eye blending decides (dr_core/evaluation/eyes.py)
 BAD_IMAGE_POLICIES = ("error", "skip")
 PATIENT_SOURCES = ("auto", "eyepacs", "none")  # or the name of a CSV column
@@ -136,8 +136,7 @@ class ModelConfig:
     pretrained_file: str = ""  # "" | path to .pth/.safetensors | "builtin"
     drop_rate: float = 0.2
     drop_path_rate: float = 0.1
-    global_pool: str = "avg"  # avg | max | avgmax | catavgmax (timm's pooling of the last feature map) | gem
-    head_norm: bool = False  # BatchNorm1d on the pooled features before the final linear layer
+    global_pool: str = "avg"  # avg | max | avgmax (timm's pooling of the last feature map) | gem
 
     def validate(self) -> None:
         import timm
@@ -176,7 +175,6 @@ class TrainConfig:
     advanced_aug: bool = True
     aug_strength: float = 1.0  # multiplies the augmentation ranges and probabilities (dr_core.data.augment)
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) blend of training images and losses (dr_core.training.mixup); 0: off
-    rank_weight: float = 0.0  # weight of a pairwise referable-vs-rest ranking loss added to train.loss; 0: off
     mixed_precision: bool = True  # used on CUDA; on CPU only with amp_dtype=bf16
     amp_dtype: str = "auto"
     channels_last: bool = False
@@ -228,7 +226,6 @@ class TrainConfig:
         _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "a fraction in [0, 1]")
         _check(self.aug_strength > 0, "train.aug_strength", self.aug_strength, "a number > 0")
         _check(self.mixup_alpha >= 0, "train.mixup_alpha", self.mixup_alpha, "0 (off) or a number > 0")
-        _check(self.rank_weight >= 0, "train.rank_weight", self.rank_weight, "0 (off) or a number > 0")
         _check(0 < self.ema_decay < 1, "train.ema_decay", self.ema_decay, "a fraction in (0, 1)")
 
 

@@ -1,8 +1,8 @@
 """Build the preprocessed image cache: ``{train,val,test}.npy`` uint8 (N, S, S, 3) + CSV rows.
 
-Each split is written into a memory-mapped ``<split>.npy.tmp`` as a pool of worker processes
-delivers images (memory stays bounded whatever the dataset size), flushed, then renamed to
-``<split>.npy``: an interrupted build leaves no half-written cache under the final name.
+Each split is written into a memory-mapped temporary file beside ``<split>.npy`` as a pool of
+worker processes delivers images (memory stays bounded whatever the dataset size), flushed, then
+renamed to ``<split>.npy``: an interrupted build leaves no half-written cache under the final name.
 Row i of ``<split>.npy`` is row i of ``<split>.csv``, a byte-for-byte copy of the split CSV.
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ import functools
 import itertools
 import json
 import logging
-import os
 import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -27,7 +26,8 @@ from tqdm import tqdm
 
 from dr_core.config import PreprocessConfig
 from dr_core.data.contact_sheet import make_contact_sheet
-from dr_core.runtime.workers import pool_context
+from dr_core.runtime.io import write_atomic
+from dr_core.runtime.workers import pool_context, resolve_workers
 from dr_core.data.preprocess import preprocess_file, read_fundus
 
 log = logging.getLogger(__name__)
@@ -101,25 +101,25 @@ def build_cache(split_dir: Path, img_dir: Path, out_dir: Path, cfg: PreprocessCo
 def write_split(npy: Path, paths: list[Path], size: int, imap: Imap, desc: str = "") -> float:
     """Fill ``npy`` (uint8 (N, size, size, 3)) with the processed images; returns the seconds taken.
 
-    Written to ``<npy>.tmp`` and renamed when complete; the temporary file is removed on error.
+    Written to a temporary file beside it and renamed when complete (:func:`write_atomic`); the
+    temporary file is removed on error.
     """
-    tmp = npy.with_name(npy.name + ".tmp")
     start = time.perf_counter()
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-    try:
-        tasks = [(i, str(p)) for i, p in enumerate(paths)]
-        for n, (index, image) in enumerate(tqdm(imap(tasks), total=len(tasks), desc=desc, unit="img",
-                                                mininterval=1.0), start=1):
-            array[index] = image
-            if n % FLUSH_EVERY == 0:
-                array.flush()  # written pages become clean page cache the kernel can drop
-        array.flush()
-    except BaseException:
-        del array
-        tmp.unlink(missing_ok=True)
-        raise
-    del array
-    os.replace(tmp, npy)
+
+    def fill(tmp: Path) -> None:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+        try:
+            tasks = [(i, str(p)) for i, p in enumerate(paths)]
+            for n, (index, image) in enumerate(tqdm(imap(tasks), total=len(tasks), desc=desc, unit="img",
+                                                    mininterval=1.0), start=1):
+                array[index] = image
+                if n % FLUSH_EVERY == 0:
+                    array.flush()  # written pages become clean page cache the kernel can drop
+            array.flush()
+        finally:
+            del array  # closes the memory map before the rename or the removal
+
+    write_atomic(npy, fill)
     return time.perf_counter() - start
 
 
@@ -132,14 +132,6 @@ def process_file(task: Task, cfg: PreprocessConfig) -> tuple[int, np.ndarray]:
         message = str(err) if path in str(err) else f"{path}: {err}"
         raise CacheBuildError(message) from None
     return index, image
-
-
-def resolve_workers(requested: int, n_images: int) -> int:
-    """``requested`` processes, 0 meaning one per available core, never more than there are images."""
-    if requested < 0:
-        raise ValueError(f"preprocess.workers must be >= 0 (0: all cores), got {requested}")
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(requested or available, max(n_images, 1)))
 
 
 def read_split_csv(csv: Path) -> pd.DataFrame:

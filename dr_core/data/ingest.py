@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from dr_core.config import DataConfig
 from dr_core.data.dedup import fingerprint
-from dr_core.runtime.workers import pool_context
+from dr_core.runtime.workers import pool_context, resolve_workers
 
 logger = logging.getLogger(__name__)
 
@@ -394,8 +394,7 @@ def check_image(path: str) -> ImageCheck:
 
 def check_images(paths: list[str], workers: int = 0) -> list[ImageCheck]:
     """:func:`check_image` for every path, in ``workers`` processes (0: all cores)."""
-    workers = (os.cpu_count() or 1) if workers == 0 else workers
-    workers = min(workers, len(paths))
+    workers = resolve_workers(workers, len(paths))
     bar = {"total": len(paths), "desc": "checking images", "unit": "img"}
     if workers <= 1:
         return [check_image(p) for p in tqdm(paths, **bar)]

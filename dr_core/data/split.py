@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -20,6 +18,7 @@ import pandas as pd
 from dr_core.data import dedup, ingest
 from dr_core.config import GRADE_NAMES, DataConfig, SplitConfig
 from dr_core.data.ingest import DataError
+from dr_core.runtime.io import write_atomic
 from dr_core.training.losses import class_weights  # the weights the train stage uses, logged here per split
 
 logger = logging.getLogger(__name__)
@@ -147,13 +146,6 @@ def split_summary(splits: dict[str, pd.DataFrame], num_classes: int) -> dict:
         logger.info("%-5s %5d photographs, %4d patients, grades %s", name, len(frame),
                     out[name]["n_patients"], " ".join(f"{g}:{c}" for g, c in enumerate(counts)))
     return out
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def run_split(labels_csv: Path, img_dir: Path, out_dir: Path, data: DataConfig, split: SplitConfig,

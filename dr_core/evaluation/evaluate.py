@@ -26,7 +26,8 @@ from dr_core.config import DataConfig, EvaluateConfig, PreprocessConfig
 from dr_core.data.dataset import load_cache
 from dr_core.evaluation.eyes import fellow_eye_predictions
 from dr_core.evaluation.inference import predict_probs
-from dr_core.models.checkpoint import load_checkpoint
+from dr_core.evaluation.predictions import Decision, Predictions
+from dr_core.models.checkpoint import CheckpointMeta, load_checkpoint
 from dr_core.evaluation.report import choose_cutpoints, choose_threshold, write_evaluation
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,12 @@ def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: Evalu
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "operating_point.json").write_text(json.dumps(point, indent=2) + "\n")
     test = rows["test"]
-    return write_evaluation(out_dir, test["id"].tolist(), test["patient"].tolist(), test["grade"].to_numpy(),
-                            probs["test"], point["threshold"], cfg, meta["class_names"], "test", seed,
-                            operating_point=point, cutpoints=point["grade_cutpoints"], score=scores["test"])
+    preds = Predictions(test["id"].tolist(), test["patient"].tolist(), test["grade"].to_numpy(), probs["test"],
+                        scores["test"])
+    return write_evaluation(out_dir, preds, Decision.from_operating_point(point), cfg, meta.class_names, "test", seed)
 
 
-def _predict(model: torch.nn.Module, images: np.ndarray, meta: dict[str, Any], patients: list,
+def _predict(model: torch.nn.Module, images: np.ndarray, meta: CheckpointMeta, patients: list,
              cfg: EvaluateConfig, device: str) -> tuple[np.ndarray, np.ndarray]:
     """Grade probabilities and referable score of each photo, with the fellow eye's evidence."""
     probs = predict_probs(model, images, meta, cfg.batch_size, device, cfg.tta)
@@ -76,25 +77,25 @@ def load_raw_images(files: list[str], img_dir: Path, preprocess: PreprocessConfi
 
 
 def evaluate_folder(labels_csv: Path, img_dir: Path, model_path: Path, out_dir: Path, cfg: EvaluateConfig,
-                    threshold: float, data: DataConfig | None = None, device: str = "cpu",
-                    seed: int = 0, cutpoints: list[float] | None = None) -> dict[str, Any]:
+                    decision: Decision, data: DataConfig | None = None, device: str = "cpu",
+                    seed: int = 0) -> dict[str, Any]:
     """Evaluate a checkpoint on every labelled photo of a folder (no split, nothing tuned on it).
 
-    ``cutpoints`` (from the pipeline's ``operating_point.json``, chosen on val) decide the grade
-    when given, else the most probable grade. Photos are validated as the split stage does; with ``data.on_bad_image: skip`` the unusable
-    ones are left out and listed in ``<out_dir>/bad_images.csv``.
+    ``decision`` holds the referable threshold and the grade cut-points (from the pipeline's
+    ``operating_point.json``, chosen on val; none: the most probable grade). Photos are validated as
+    the split stage does; with ``data.on_bad_image: skip`` the unusable ones are left out and listed
+    in ``<out_dir>/bad_images.csv``.
     """
     from dr_core.data.ingest import read_labels
     from dr_core.data.split import usable_photographs
 
     data = data or DataConfig()
     model, meta = load_checkpoint(model_path)
-    labels = read_labels(labels_csv, data, meta["num_classes"])
+    labels = read_labels(labels_csv, data, meta.num_classes)
     rows, _, bad = usable_photographs(labels.table, img_dir, data, labels_csv, workers=0)
     out_dir.mkdir(parents=True, exist_ok=True)
     bad[["id", "file", "reason"]].to_csv(out_dir / "bad_images.csv", index=False)
-    images = load_raw_images(rows["file"].tolist(), img_dir, PreprocessConfig(**meta["preprocess"]))
+    images = load_raw_images(rows["file"].tolist(), img_dir, meta.preprocess)
     probs, score = _predict(model, images, meta, rows["patient"].tolist(), cfg, device)
-    return write_evaluation(out_dir, rows["id"].tolist(), rows["patient"].tolist(), rows["grade"].to_numpy(),
-                            probs, threshold, cfg, meta["class_names"], "external", seed, cutpoints=cutpoints,
-                            score=score)
+    preds = Predictions(rows["id"].tolist(), rows["patient"].tolist(), rows["grade"].to_numpy(), probs, score)
+    return write_evaluation(out_dir, preds, decision, cfg, meta.class_names, "external", seed)

@@ -1,8 +1,6 @@
 """Grade probabilities from a trained model (any head), with optional test-time augmentation."""
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch import nn
@@ -10,6 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dr_core.data.augment import build_transforms
 from dr_core.data.dataset import ArrayDataset
+from dr_core.models.checkpoint import CheckpointMeta
 from dr_core.models.heads import to_probs
 
 
@@ -32,20 +31,20 @@ def predict_batch(model: nn.Module, x: torch.Tensor, head: str = "classification
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, images: np.ndarray | Dataset, meta: dict[str, Any],
+def predict_probs(model: nn.Module, images: np.ndarray | Dataset, meta: CheckpointMeta,
                   batch_size: int = 64, device: str | torch.device = "cpu", tta: bool = False,
                   num_workers: int = 0) -> np.ndarray:
     """Grade probabilities (N, num_classes) for cached uint8 images (N, S, S, 3) or a Dataset.
 
     Images are resized to the checkpoint's ``image_size`` and normalised with its mean/std, exactly
-    as evaluation does during training.
+    as evaluation does during training; NHWC when it was trained with ``channels_last``.
     """
     if isinstance(images, np.ndarray):
-        transform = build_transforms(meta["image_size"], meta["mean"], meta["std"], "none")
+        transform = build_transforms(meta.image_size, meta.mean, meta.std, "none")
         images = ArrayDataset(images, None, transform)
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     model = model.to(device).eval()
-    channels_last = bool(meta.get("params", {}).get("train", {}).get("channels_last", False))
+    channels_last = meta.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     out = []
@@ -53,8 +52,7 @@ def predict_probs(model: nn.Module, images: np.ndarray | Dataset, meta: dict[str
         x = x.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out.append(predict_batch(model, x, meta.get("head", "classification"),
-                                 meta["num_classes"], tta).cpu())
+        out.append(predict_batch(model, x, meta.head, meta.num_classes, tta).cpu())
     if not out:
-        return np.zeros((0, meta["num_classes"]), dtype=np.float32)
+        return np.zeros((0, meta.num_classes), dtype=np.float32)
     return torch.cat(out).numpy()

@@ -19,7 +19,8 @@ from scipy.stats import rankdata
 
 from dr_core.evaluation.bootstrap import bootstrap_ci
 from dr_core.evaluation.calibration import DEFAULT_BINS, brier_score, expected_calibration_error, log_loss
-from dr_core.config import GRADE_NAMES
+from dr_core.config import GRADE_NAMES, EvaluateConfig
+from dr_core.evaluation.predictions import Decision, Predictions
 
 OPERATING_POINTS = ("sensitivity", "youden")
 
@@ -225,44 +226,38 @@ def validate_predictions(y_true: np.ndarray, probs: np.ndarray, patients: Sequen
     return y_true, probs
 
 
-def compute_metrics(y_true: np.ndarray, probs: np.ndarray, patients: Sequence, threshold: float,
-                    referable_grade: int = 2, n_bootstrap: int = 1000, seed: int = 0,
-                    class_names: Sequence[str] | None = None, alpha: float = 0.05,
-                    y_pred: np.ndarray | None = None, score: np.ndarray | None = None) -> dict[str, Any]:
+def compute_metrics(preds: Predictions, decision: Decision, cfg: EvaluateConfig, seed: int = 0,
+                    class_names: Sequence[str] | None = None, alpha: float = 0.05) -> dict[str, Any]:
     """Every test-split number in one flat, JSON-ready dict (``NaN`` becomes ``None``).
 
     Args:
-        y_true: true grades ``(N,)``.
-        probs: grade probabilities ``(N, K)``.
-        patients: patient id per photo, the bootstrap resampling unit.
-        threshold: referable-score threshold, chosen beforehand on validation.
-        referable_grade: grades at or above it are referable.
-        n_bootstrap: patient-level resamples for the intervals (0: none).
+        preds: true grades, grade probabilities, patients (the bootstrap resampling unit) and, when
+            not the one the probabilities imply, the referable score (:func:`referable_score`).
+        decision: the referable-score threshold and grade cut-points, chosen beforehand on validation.
+        cfg: ``referable_grade`` (grades at or above it are referable) and ``bootstrap`` (patient-level
+            resamples for the intervals; 0: none).
         seed: seed of the bootstrap generator.
         class_names: one name per grade; defaults to :func:`grade_names`.
         alpha: 0.05 gives 95% intervals.
-        y_pred: predicted grades ``(N,)``; default the argmax of ``probs``.
-        score: referable-DR score ``(N,)``; default :func:`referable_score` of ``probs``.
 
     Returns:
         Scalars (``qwk``, ``accuracy``, ``referable_auc``, ... and ``<metric>_ci_low``/
         ``_ci_high`` for QWK, referable AUC, sensitivity and specificity) plus ``per_class``:
         ``{grade name: {precision, recall, f1, support, auc}}``.
     """
-    y_true, probs = validate_predictions(y_true, probs, patients, name="compute_metrics")
+    from dr_core.evaluation.cutpoints import decide_grades  # it imports this module
+
+    patients, threshold, referable_grade = preds.patients, decision.threshold, cfg.referable_grade
+    y_true, probs = validate_predictions(preds.y_true, preds.probs, patients, name="compute_metrics")
     num_classes = probs.shape[1]
     if not 1 <= referable_grade < num_classes:
         raise ValueError(f"referable_grade must be in 1..{num_classes - 1}, got {referable_grade}")
     names = list(class_names) if class_names is not None else grade_names(num_classes)
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for {num_classes} classes: {names}")
-    if y_pred is None:
-        y_pred = probs.argmax(axis=1)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    if y_pred.shape != y_true.shape:
-        raise ValueError(f"y_pred has shape {y_pred.shape}, y_true {y_true.shape}")
+    y_pred = np.asarray(decide_grades(probs, decision.cutpoints), dtype=np.int64)
     y_ref = referable_labels(y_true, referable_grade)
-    score = resolve_referable_score(probs, referable_grade, score)
+    score = resolve_referable_score(probs, referable_grade, preds.score)
     called = score >= threshold
 
     def headline(idx: np.ndarray) -> dict[str, float]:
@@ -289,9 +284,9 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, patients: Sequence, t
         "referable_ppv": ppv, "referable_npv": npv,
         "referable_tp": int((called & y_ref).sum()), "referable_fp": int((called & ~y_ref).sum()),
         "referable_tn": int((~called & ~y_ref).sum()), "referable_fn": int((~called & y_ref).sum()),
-        "bootstrap_resamples": n_bootstrap, "ci_level": 1 - alpha,
+        "bootstrap_resamples": cfg.bootstrap, "ci_level": 1 - alpha,
     }
-    intervals = bootstrap_ci(headline, patients, n_bootstrap, seed, alpha)
+    intervals = bootstrap_ci(headline, patients, cfg.bootstrap, seed, alpha)
     for name, interval in intervals.items():
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = interval.low, interval.high
         out[f"{name}_ci_skipped"] = interval.n_skipped

@@ -26,8 +26,8 @@ from torch import nn
 from tqdm import tqdm
 
 from dr_core.data.augment import build_transforms, to_tensor
-from dr_core.models.checkpoint import CheckpointError, load_checkpoint
-from dr_core.config import PreprocessConfig
+from dr_core.models.checkpoint import CheckpointMeta
+from dr_core.config import EvaluateConfig, PreprocessConfig
 from dr_core.config.params import BAD_IMAGE_POLICIES
 from dr_core.evaluation.cutpoints import decide_grades
 from dr_core.evaluation.eyes import fellow_eye_of, fellow_eye_predictions
@@ -35,6 +35,7 @@ from dr_core.data.ingest import EYEPACS_ID
 from dr_core.evaluation.gradcam import feature_module, grad_cam, side_by_side
 from dr_core.evaluation.inference import predict_probs
 from dr_core.evaluation.metrics import referable_score
+from dr_core.evaluation.predictions import Decision
 from dr_core.data.preprocess import preprocess_image, read_fundus
 from dr_core.evaluation.report import PREDICTION_FORMAT
 
@@ -59,15 +60,6 @@ def list_photos(input_path: Path) -> list[Path]:
     return photos
 
 
-def preprocess_config(meta: dict[str, Any]) -> PreprocessConfig:
-    """The checkpoint's preprocessing settings as a :class:`PreprocessConfig`."""
-    try:
-        return PreprocessConfig(**meta["preprocess"])
-    except TypeError as err:
-        raise CheckpointError(f"checkpoint preprocessing settings do not fit this version of dr_core "
-                              f"({err}); re-export the checkpoint or use the matching dr_core") from err
-
-
 def load_photo(path: Path, cfg: PreprocessConfig) -> np.ndarray:
     """Read and preprocess one photo to uint8 (S, S, 3); :class:`PhotoError` names the file."""
     try:
@@ -82,24 +74,22 @@ def photo_name(path: Path, root: Path | None) -> str:
     return str(path.relative_to(root)) if root is not None else str(path)
 
 
-def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path], root: Path | None = None,
-                   threshold: float = 0.5, referable_grade: int = 2, batch_size: int = 16,
-                   device: str | torch.device = "cpu", tta: bool = False, on_error: str = "error",
-                   cutpoints: Sequence[float] | None = None) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
+def predict_photos(model: nn.Module, meta: CheckpointMeta, photos: Sequence[Path], decision: Decision,
+                   cfg: EvaluateConfig, root: Path | None = None, device: str | torch.device = "cpu",
+                   on_error: str = "error") -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
     """Grade photos in batches.
 
     Args:
         model, meta: from :func:`dr_core.models.checkpoint.load_checkpoint`.
         photos: photo paths.
+        decision: referable when the referable score is at least ``threshold``; grade ``cutpoints``
+            on the expected grade (``grade_cutpoints`` of the evaluate stage's operating point) or,
+            without them, the most probable grade.
+        cfg: ``referable_grade`` (grades at or above it are referable), ``batch_size`` (photos
+            preprocessed and graded at a time) and ``tta`` (average the eight flips/rotations).
         root: folder the ``file`` column is relative to (``None``: the path as given).
-        threshold: referable when the referable score is at least this.
-        referable_grade: grades at or above it are referable.
-        batch_size: photos preprocessed and graded at a time.
         device: torch device.
-        tta: average the eight flips/rotations.
         on_error: ``"error"`` stops at the first unreadable photo, ``"skip"`` reports it and goes on.
-        cutpoints: grade cut-points on the expected grade (``grade_cutpoints`` of the evaluate
-            stage's operating point); ``None``: the most probable grade.
 
     Returns:
         One row per graded photo (file, grade, grade_name, prob_k, referable_score, referable)
@@ -107,15 +97,14 @@ def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path
     """
     if on_error not in BAD_IMAGE_POLICIES:
         raise ValueError(f"on_error must be one of {list(BAD_IMAGE_POLICIES)}, got {on_error!r}")
-    cfg = preprocess_config(meta)
-    names = list(meta["class_names"])
+    names = list(meta.class_names)
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[Path, str]] = []
-    for start in tqdm(range(0, len(photos), batch_size), desc="grading", unit="batch", disable=None):
+    for start in tqdm(range(0, len(photos), cfg.batch_size), desc="grading", unit="batch", disable=None):
         batch_paths, images = [], []
-        for path in photos[start:start + batch_size]:
+        for path in photos[start:start + cfg.batch_size]:
             try:
-                images.append(load_photo(path, cfg))
+                images.append(load_photo(path, meta.preprocess))
                 batch_paths.append(path)
             except PhotoError as err:
                 if on_error == "error":
@@ -125,28 +114,28 @@ def predict_photos(model: nn.Module, meta: dict[str, Any], photos: Sequence[Path
         if not images:
             continue
         stack = np.stack(images)  # (B, S, S, 3) uint8
-        probs = predict_probs(model, stack, meta, batch_size=batch_size, device=device, tta=tta)
-        scores = referable_score(probs, referable_grade)
-        grades = decide_grades(probs, cutpoints)
+        probs = predict_probs(model, stack, meta, batch_size=cfg.batch_size, device=device, tta=cfg.tta)
+        scores = referable_score(probs, cfg.referable_grade)
+        grades = decide_grades(probs, decision.cutpoints)
         for path, p, score, grade in zip(batch_paths, probs, scores, grades):
             grade = int(grade)
             file = photo_name(path, root)
             rows.append({"file": file, "grade": grade, "grade_name": names[grade],
                          **{f"prob_{k}": float(v) for k, v in enumerate(p)},
-                         "referable_score": float(score), "referable": bool(score >= threshold)})
+                         "referable_score": float(score), "referable": bool(score >= decision.threshold)})
     columns = ["file", "grade", "grade_name", *(f"prob_{k}" for k in range(len(names))), "referable_score",
                "referable"]
     return pd.DataFrame(rows, columns=columns), skipped
 
 
-def write_gradcams(model: nn.Module, meta: dict[str, Any], table: pd.DataFrame, photos: Sequence[Path],
+def write_gradcams(model: nn.Module, meta: CheckpointMeta, table: pd.DataFrame, photos: Sequence[Path],
                    root: Path | None, out_dir: Path, batch_size: int = 16,
                    device: str | torch.device = "cpu") -> int:
     """Write ``<photo stem>_gradcam.png`` into ``out_dir`` for every photo in ``table`` (the final
     table of :func:`predict_photos`, after any fellow-eye blending): the preprocessed photo beside its
     Grad-CAM overlay, captioned with the row's grade and referable score. Returns the count."""
-    cfg = preprocess_config(meta)
-    transform = build_transforms(meta["image_size"], meta["mean"], meta["std"], "none")
+    cfg = meta.preprocess
+    transform = build_transforms(meta.image_size, meta.mean, meta.std, "none")
     by_file = {photo_name(p, root): p for p in photos}
     rows = [row for _, row in table.iterrows()]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -156,8 +145,7 @@ def write_gradcams(model: nn.Module, meta: dict[str, Any], table: pd.DataFrame, 
         images = [load_photo(by_file[row["file"]], cfg) for row in batch]
         x = torch.stack([to_tensor(transform(image=im)["image"]) for im in images]).to(device)
         target_module = target_module or feature_module(model, x)
-        maps, _ = grad_cam(model, x, target_module=target_module, head=meta.get("head", "classification"),
-                           num_classes=meta["num_classes"])
+        maps, _ = grad_cam(model, x, target_module=target_module, head=meta.head, num_classes=meta.num_classes)
         for row, image, cam in zip(batch, images, maps):
             top = row[f"prob_{int(row['grade'])}"]
             caption = (f"{row['grade_name']} (p={top:.2f}), "
@@ -221,17 +209,18 @@ def photo_patient(file: str) -> str:
     return match.group(1) if match else stem
 
 
-def blend_fellow_eyes_table(table: pd.DataFrame, weight: float, scope: str, threshold: float,
-                            referable_grade: int, names: Sequence[str],
-                            cutpoints: Sequence[float] | None = None) -> pd.DataFrame:
-    """Apply the evaluation's fellow-eye blending to :func:`predict_photos`' table: photos named
-    ``<patient>_left`` / ``<patient>_right`` are one patient; other photos keep their own score.
-    Adds a ``patient`` column, and ``referable_score_own``: the photo's score before blending."""
+def blend_fellow_eyes_table(table: pd.DataFrame, cfg: EvaluateConfig, decision: Decision,
+                            names: Sequence[str]) -> pd.DataFrame:
+    """Apply the evaluation's fellow-eye blending (``cfg.fellow_eye_weight`` and ``_scope``) to
+    :func:`predict_photos`' table, then ``decision``: photos named ``<patient>_left`` /
+    ``<patient>_right`` are one patient; other photos keep their own score. Adds a ``patient``
+    column, and ``referable_score_own``: the photo's score before blending."""
+    weight, scope = cfg.fellow_eye_weight, cfg.fellow_eye_scope
     table = table.copy()
     table.insert(1, "patient", [photo_patient(f) for f in table["file"]])
     cols = [f"prob_{k}" for k in range(len(names))]
     probs, score = fellow_eye_predictions(table[cols].to_numpy(), table["patient"].tolist(), weight, scope,
-                                          referable_grade)
+                                          cfg.referable_grade)
     alone = int((table["patient"].map(table["patient"].value_counts()) == 1).sum())
     log.info("fellow-eye blending as at evaluation (weight %.2f, scope %s): %d of %d photo(s) have a fellow "
              "eye (EyePACS names <patient>_left/_right)", weight, scope, len(table) - alone, len(table))
@@ -240,9 +229,9 @@ def blend_fellow_eyes_table(table: pd.DataFrame, weight: float, scope: str, thre
                     "while the threshold was chosen on blended scores", alone)
     table.insert(table.columns.get_loc("referable_score") + 1, "referable_score_own", table["referable_score"])
     table["referable_score"] = score
-    table["referable"] = score >= threshold
+    table["referable"] = score >= decision.threshold
     if scope == "all":
         table[cols] = probs
-        table["grade"] = decide_grades(probs, cutpoints)
+        table["grade"] = decide_grades(probs, decision.cutpoints)
         table["grade_name"] = [names[g] for g in table["grade"]]
     return table

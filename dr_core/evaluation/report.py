@@ -19,6 +19,7 @@ from dr_core.evaluation import figures
 from dr_core.evaluation.calibration import DEFAULT_BINS, reliability_bins
 from dr_core.config import EvaluateConfig
 from dr_core.evaluation.cutpoints import decide_grades, expected_grade, optimize_cutpoints
+from dr_core.evaluation.predictions import Decision, Predictions
 from dr_core.evaluation.metrics import (binary_auc, choose_operating_point, compute_metrics, confusion_matrix, grade_names,
                              quadratic_weighted_kappa, referable_labels, resolve_referable_score,
                              sensitivity_specificity, to_jsonable, validate_predictions)
@@ -79,44 +80,36 @@ def choose_cutpoints(val_y_true: np.ndarray, val_probs: np.ndarray, cfg: Evaluat
     return [float(c) for c in cuts]
 
 
-def write_evaluation(out_dir: str | Path, ids: Sequence, patients: Sequence, y_true: np.ndarray,
-                     probs: np.ndarray, threshold: float, cfg: EvaluateConfig,
-                     class_names: Sequence[str] | None = None, prefix: str | None = "test", seed: int = 0,
-                     operating_point: Mapping[str, Any] | None = None,
-                     cutpoints: Sequence[float] | None = None, score: np.ndarray | None = None
+def write_evaluation(out_dir: str | Path, preds: Predictions, decision: Decision, cfg: EvaluateConfig,
+                     class_names: Sequence[str] | None = None, prefix: str | None = "test", seed: int = 0
                      ) -> dict[str, Any]:
     """Score one split at a fixed referable threshold and write every output.
 
     Args:
         out_dir: folder for the outputs (created); see ``OUTPUT_FILES`` and ``plots/roc_grade_<k>.csv``.
-        ids, patients: photo id and patient id per row.
-        y_true, probs: grades ``(N,)`` and softmax probabilities ``(N, K)``.
-        threshold: referable-score cut-off, chosen beforehand on other data (:func:`choose_threshold`).
+        preds: photo and patient ids, grades ``(N,)``, softmax probabilities ``(N, K)`` and, when not
+            the one the probabilities imply (fellow-eye blending), the referable score.
+        decision: the referable-score threshold and grade cut-points, chosen beforehand on other data
+            (:func:`choose_threshold`, :func:`choose_cutpoints`; no cut-points: the most probable
+            grade); with the operating point they came from, its validation numbers appear in the
+            report and metrics.json.
         cfg: ``referable_grade`` and ``bootstrap`` are used here.
         class_names: one per grade (default: clinical names for 5 grades, else ``grade k``).
         prefix: top-level key of metrics.json (``{"test": {...}}``, flattened by DVC to
             ``test.qwk``); ``None`` writes the metrics at the top level.
         seed: seed of the patient bootstrap.
-        operating_point: the dict :func:`choose_threshold` returned, if the threshold came from
-            it; its validation numbers then appear in the report and metrics.json.
-        cutpoints: grade cut-points on the expected grade (:func:`choose_cutpoints`); ``None``
-            predicts the most probable grade.
-        score: the referable score, when it is not the one ``probs`` imply (fellow-eye blending).
 
     Returns:
         The metrics (unprefixed) as written to metrics.json.
     """
     out_dir = Path(out_dir)
-    y_true, probs = validate_predictions(y_true, probs, patients, name=prefix or "evaluated split")
+    ids, patients, operating_point = preds.ids, preds.patients, decision.operating_point
+    y_true, probs = validate_predictions(preds.y_true, preds.probs, patients, name=prefix or "evaluated split")
     if len(ids) != len(y_true):
         raise ValueError(f"{len(ids)} ids for {len(y_true)} rows of predictions")
-    if operating_point is not None and operating_point["threshold"] != threshold:
-        raise ValueError(f"threshold {threshold} differs from operating_point['threshold'] "
-                         f"{operating_point['threshold']}")
     names = list(class_names) if class_names is not None else grade_names(probs.shape[1])
-    y_pred = decide_grades(probs, cutpoints)
-    metrics = compute_metrics(y_true, probs, patients, threshold, cfg.referable_grade, cfg.bootstrap,
-                              seed, names, y_pred=y_pred, score=score)
+    y_pred = decide_grades(probs, decision.cutpoints)
+    metrics = compute_metrics(preds, decision, cfg, seed, names)
     # QWK of the most probable grade too, so that grade rules can be compared on one run
     metrics["qwk_argmax"] = to_jsonable(quadratic_weighted_kappa(y_true, probs.argmax(axis=1), probs.shape[1]))
     if operating_point is not None:
@@ -130,8 +123,8 @@ def write_evaluation(out_dir: str | Path, ids: Sequence, patients: Sequence, y_t
     with (out_dir / "metrics.json").open("w") as fh:
         json.dump({prefix: metrics} if prefix else metrics, fh, indent=2)
         fh.write("\n")
-    score = resolve_referable_score(probs, cfg.referable_grade, score)
-    _write_predictions(out_dir / "predictions.csv", ids, patients, y_true, y_pred, probs, score, threshold)
+    score = resolve_referable_score(probs, cfg.referable_grade, preds.score)
+    _write_predictions(out_dir / "predictions.csv", ids, patients, y_true, y_pred, probs, score, decision.threshold)
     (out_dir / "classification_report.txt").write_text(
         format_report(metrics, y_true, y_pred, names, prefix or "evaluated", operating_point))
     _write_figures(out_dir, y_true, probs, y_pred, score, metrics, names, cfg.referable_grade)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,39 +56,13 @@ def attach_gem(model: nn.Module) -> nn.Module:
     pool = getattr(model, "global_pool", None)
     if not isinstance(pool, timm.layers.SelectAdaptivePool2d) or not pool.flatten:
         raise ValueError(f"model.global_pool=gem: {type(model).__name__} has no timm SelectAdaptivePool2d to "
-                         "replace; use avg, max, avgmax or catavgmax")
+                         "replace; use avg, max or avgmax")
     model.global_pool = GeM()
     return model
 
 
-def attach_head_norm(model: nn.Module) -> nn.Module:
-    """Put a BatchNorm1d on the pooled features in front of a timm model's linear classifier.
-
-    The classifier becomes ``Sequential(norm=BatchNorm1d, fc=Linear)``, so ``get_classifier()``
-    (what stage 1 trains) covers both. Pooled features then reach the linear layer at unit scale
-    whatever the pooling: max-pooled Lite0 features are about 8x the averaged ones.
-    """
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    attr = (getattr(model, "default_cfg", None) or {}).get("classifier", "classifier")
-    if not isinstance(head, nn.Linear):
-        why = f"its classifier is a {type(head).__name__}, not a Linear layer" if head is not None else \
-            "it has no get_classifier()"
-    elif "." in attr or getattr(model, attr, None) is not head:
-        why = f"its classifier {attr!r} sits inside a head module (with its own pooling and norms)"
-    else:
-        why = ""
-    if why:
-        raise ValueError(f"model.head_norm: {type(model).__name__} has no single linear classifier to put a "
-                         f"BatchNorm in front of: {why}; set model.head_norm=false")
-    setattr(model, attr, nn.Sequential(OrderedDict(norm=nn.BatchNorm1d(head.in_features), fc=head)))
-    return model
-
-
-def create_timm(name: str, global_pool: str = "avg", head_norm: bool = False, **kwargs) -> nn.Module:
-    """``timm.create_model`` with one more pooling choice, ``gem``, and an optional BatchNorm
-    in front of the classifier (:func:`attach_head_norm`); the other poolings are timm's own."""
-    if head_norm:
-        return attach_head_norm(create_timm(name, global_pool, **kwargs))
+def create_timm(name: str, global_pool: str = "avg", **kwargs) -> nn.Module:
+    """``timm.create_model`` with one more pooling choice, ``gem``; the other poolings are timm's own."""
     if global_pool == "gem":
         return attach_gem(timm.create_model(name, global_pool="avg", **kwargs))
     return timm.create_model(name, global_pool=global_pool, **kwargs)
@@ -185,8 +158,6 @@ def build_model(cfg: ModelConfig, outputs: int | None = None) -> nn.Module:
     Weights: ``pretrained_file`` ("builtin" or a path) wins over ``pretrained`` (timm's hub).
     """
     outputs = cfg.num_classes if outputs is None else outputs
-    if cfg.head_norm:  # the weights fill the plain model first; the norm starts at identity statistics
-        return attach_head_norm(build_model(replace(cfg, head_norm=False), outputs))
     kwargs = dict(num_classes=outputs, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
                   global_pool=cfg.global_pool)
     if cfg.global_pool == "gem":  # the weights fill timm's model first; GeM's p starts at 3

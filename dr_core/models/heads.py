@@ -73,31 +73,6 @@ def to_probs(head: str, outputs: torch.Tensor, num_classes: int) -> torch.Tensor
     raise ValueError(f"unknown head {head!r}; valid: {list(HEADS)}")
 
 
-def referable_logit(head: str, outputs: torch.Tensor, num_classes: int, referable_grade: int) -> torch.Tensor:
-    """Log-odds of referable DR, ``log P(grade >= g) - log P(grade < g)``, one per image ``(B,)``,
-    differentiable. It increases with the referable score of :func:`to_probs`, so it ranks photos as
-    the referable ROC curve does.
-
-    - classification: ``logsumexp`` of the log-softmax over grades ``>= g`` minus that over ``< g``.
-    - regression: the same on the Gaussian kernel of :func:`to_probs`; near the boundary it is about
-      ``(s - (g - 0.5)) / REGRESSION_SIGMA ** 2``, 4 nats per grade.
-    - ordinal: the cumulative logit ``o_g`` itself.
-    """
-    if not 1 <= referable_grade < num_classes:
-        raise ValueError(f"referable_grade must be in 1..{num_classes - 1}, got {referable_grade}")
-    outputs = outputs.float()
-    if head == "ordinal":
-        return outputs[:, referable_grade - 1]
-    if head == "classification":
-        scores = outputs
-    elif head == "regression":
-        scores = _regression_scores(outputs, num_classes)
-    else:
-        raise ValueError(f"unknown head {head!r}; valid: {list(HEADS)}")
-    log_p = scores.log_softmax(-1)
-    return log_p[:, referable_grade:].logsumexp(-1) - log_p[:, :referable_grade].logsumexp(-1)
-
-
 class RegressionLoss(nn.Module):
     """Smooth-L1 (Huber, beta 1) or MSE between the single output and the integer grade."""
 

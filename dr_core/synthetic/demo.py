@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from tqdm import tqdm
 
 from dr_core.synthetic.anatomy import (Layout, add_optic_disc, draw_vessel, paint_background, retina_colour,
                                        sample_layout, vessel_tree)
-from dr_core.runtime.workers import pool_context
+from dr_core.runtime.io import write_atomic
+from dr_core.runtime.workers import pool_context, resolve_workers
 from dr_core.synthetic.lesions import LAYERS, paint_lesions, plan_lesions
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def make_demo_dataset(out_dir: Path, n_patients: int, image_size: int, seed: int
             id_code, grade = f"{patient}_{eye}", int(grades[p, e])
             rows.append((id_code, grade, patient))
             tasks.append((int(seed), 2 * p + e, grade, int(image_size), eye, str(img_dir / f"{id_code}.png")))
-    n_proc = min(workers or os.cpu_count() or 1, len(tasks))
+    n_proc = resolve_workers(workers, len(tasks))
     with tqdm(total=len(tasks), desc="demo images", unit="img") as bar:
         if n_proc == 1:
             for task in tasks:
@@ -215,7 +215,8 @@ def make_demo_dataset(out_dir: Path, n_patients: int, image_size: int, seed: int
                 for _ in pool.map(_write_image, tasks, chunksize=max(1, len(tasks) // (8 * n_proc))):
                     bar.update()
     table = pd.DataFrame(rows, columns=["id_code", "diagnosis", "patient_id"])
-    _write_atomic(out_dir / "train.csv", table.to_csv(index=False).encode())
+    csv = table.to_csv(index=False).encode()
+    write_atomic(out_dir / "train.csv", lambda p: p.write_bytes(csv))
     stale = {f.name for f in img_dir.glob("*.png")} - {f"{r[0]}.png" for r in rows}
     if stale:
         log.warning("%s holds %d PNGs that are not in train.csv (from an earlier run?), e.g. %s",
@@ -232,11 +233,5 @@ def _write_image(task: tuple[int, int, int, int, str, str]) -> None:
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 6])
     if not ok:
         raise OSError(f"{path}: cv2 could not PNG-encode the synthetic image")
-    _write_atomic(Path(path), buf.tobytes())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    data = buf.tobytes()
+    write_atomic(Path(path), lambda p: p.write_bytes(data))

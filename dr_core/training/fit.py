@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from dr_core.models.checkpoint import read_checkpoint, save_checkpoint
+from dr_core.models.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from dr_core.config import Params
 from dr_core.data.loaders import make_loaders
 from dr_core.runtime.device import autocast_dtype, describe_device, pick_device, seed_everything
 from dr_core.runtime.distributed import DistInfo, all_ranks_sum, gather_in_order, init_distributed, shutdown
+from dr_core.runtime.io import write_atomic
 from dr_core.training.engine import EpochResult, StepContext, TwoStageForward, run_epoch
 from dr_core.models.heads import head_for_loss, num_outputs
 from dr_core.training.losses import build_loss, class_weights
@@ -54,13 +53,14 @@ def run_digest(params: Params, cache_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _checkpoint_meta(params: Params, model_mean, model_std, epoch: int, stage: int) -> dict[str, Any]:
+def _checkpoint_meta(params: Params, model_mean: tuple[float, ...], model_std: tuple[float, ...], epoch: int,
+                     stage: int) -> CheckpointMeta:
     k = params.model.num_classes
-    return {"model_name": params.model.name, "num_classes": k, "head": head_for_loss(params.train.loss),
-            "global_pool": params.model.global_pool, "head_norm": params.model.head_norm,
-            "image_size": params.train.image_size,
-            "mean": list(model_mean), "std": list(model_std), "preprocess": asdict(params.preprocess),
-            "class_names": grade_names(k), "epoch": epoch, "stage": stage, "params": params.to_dict()}
+    return CheckpointMeta(model_name=params.model.name, num_classes=k, image_size=params.train.image_size,
+                          mean=model_mean, std=model_std, preprocess=params.preprocess, class_names=grade_names(k),
+                          head=head_for_loss(params.train.loss), global_pool=params.model.global_pool,
+                          referable_grade=params.evaluate.referable_grade, channels_last=params.train.channels_last,
+                          epoch=epoch, stage=stage, params=params.to_dict())
 
 
 def _resume_state(path: Path, digest: str) -> dict[str, Any] | None:
@@ -109,8 +109,7 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
     if dist.is_main:
         _log_distribution(loaders.train_grades, weights, params.model.num_classes)
     loss_fn = build_loss(t.loss, weights, t.focal_gamma, t.focal_alpha, t.label_smoothing,
-                         t.regression_loss, t.rank_weight, params.model.num_classes,
-                         params.evaluate.referable_grade).to(device)
+                         t.regression_loss).to(device)
     if dist.enabled and t.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -294,6 +293,5 @@ def _log_distribution(grades: np.ndarray, weights: np.ndarray, num_classes: int)
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2)
+    write_atomic(path, lambda p: p.write_text(text))

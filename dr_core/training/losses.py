@@ -1,6 +1,5 @@
-"""Losses for imbalanced grades: ce, weighted_ce and focal (classification heads), the
-regression and ordinal losses of :mod:`dr_core.models.heads`, and an optional pairwise ranking term on the
-referable-DR score that can be added to any of them (``train.rank_weight``)."""
+"""Losses for imbalanced grades: ce, weighted_ce and focal (classification heads), and the
+regression and ordinal losses of :mod:`dr_core.models.heads`."""
 from __future__ import annotations
 
 import numpy as np
@@ -53,64 +52,11 @@ class FocalLoss(nn.Module):
         return per_class.sum(-1).mean()
 
 
-class ReferableRankLoss(nn.Module):
-    """Pairwise logistic (RankNet) loss on the referable log-odds of
-    :func:`dr_core.models.heads.referable_logit`: the mean over every (referable, non-referable) pair of
-    the batch of ``softplus(z_non - z_ref)``. A smooth surrogate of ``1 - AUC`` of referable DR.
-
-    A batch without both kinds of photo has no pair; its loss is 0 (with a graph, so that
-    ``backward`` still works).
-    """
-
-    def __init__(self, head: str, num_classes: int, referable_grade: int = 2) -> None:
-        super().__init__()
-        if not 1 <= referable_grade < num_classes:
-            raise ValueError(f"referable_grade must be in 1..{num_classes - 1}, got {referable_grade}")
-        self.head, self.num_classes, self.referable_grade = head, num_classes, referable_grade
-
-    def forward(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from dr_core.models.heads import referable_logit
-
-        z = referable_logit(self.head, outputs, self.num_classes, self.referable_grade)
-        referable = target >= self.referable_grade
-        gaps = z[~referable][None, :] - z[referable][:, None]  # (n_referable, n_other)
-        if gaps.numel() == 0:
-            return z.sum() * 0.0
-        return F.softplus(gaps).mean()
-
-
-class WithRankLoss(nn.Module):
-    """``base(outputs, target) + weight * rank(outputs, target)``."""
-
-    def __init__(self, base: nn.Module, rank: ReferableRankLoss, weight: float) -> None:
-        super().__init__()
-        if weight <= 0:
-            raise ValueError(f"rank weight must be > 0, got {weight}")
-        self.base, self.rank, self.weight = base, rank, weight
-
-    def forward(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.base(outputs, target) + self.weight * self.rank(outputs, target)
-
-
 def build_loss(name: str, weights: np.ndarray | None = None, gamma: float = 2.0,
                focal_alpha: bool = False, label_smoothing: float = 0.0,
-               regression_loss: str = "smooth_l1", rank_weight: float = 0.0,
-               num_classes: int = 5, referable_grade: int = 2) -> nn.Module:
+               regression_loss: str = "smooth_l1") -> nn.Module:
     """The loss ``name`` (ce | weighted_ce | focal | regression | ordinal); ``weights`` are
-    per-class weights (weighted_ce, focal with ``focal_alpha``). A ``rank_weight`` above 0 adds
-    that much of :class:`ReferableRankLoss` (grades ``>= referable_grade`` against the rest)."""
-    from dr_core.models.heads import head_for_loss
-
-    base = _base_loss(name, weights, gamma, focal_alpha, label_smoothing, regression_loss)
-    if rank_weight < 0:
-        raise ValueError(f"rank_weight must be >= 0, got {rank_weight}")
-    if rank_weight == 0:
-        return base
-    return WithRankLoss(base, ReferableRankLoss(head_for_loss(name), num_classes, referable_grade), rank_weight)
-
-
-def _base_loss(name: str, weights: np.ndarray | None, gamma: float, focal_alpha: bool,
-               label_smoothing: float, regression_loss: str) -> nn.Module:
+    per-class weights (weighted_ce, focal with ``focal_alpha``)."""
     from dr_core.models.heads import OrdinalLoss, RegressionLoss
 
     if name == "regression":

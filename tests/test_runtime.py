@@ -1,0 +1,80 @@
+"""dr_core.runtime: atomic writes, the worker count and the logging set-up."""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+
+import pytest
+
+from dr_core.runtime.io import write_atomic
+from dr_core.runtime.logs import setup_logging
+from dr_core.runtime.workers import resolve_workers, usable_cores
+
+
+def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    seen = []
+    write_atomic(target, lambda p: seen.append(p) or p.write_text("new"))
+    assert target.read_text() == "new"
+    assert seen[0].parent == tmp_path and seen[0].name.startswith("out.json.") and seen[0].suffix == ".tmp"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_write_atomic_gives_new_files_the_usual_permissions(tmp_path):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_atomic(tmp_path / "a.txt", lambda p: p.write_text("x"))
+    (tmp_path / "b.txt").write_text("x")
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == stat.S_IMODE((tmp_path / "b.txt").stat().st_mode)
+
+
+def test_write_atomic_keeps_the_old_file_and_removes_the_temporary_on_failure(tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("old")
+
+    def fail(p):
+        p.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, fail)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+
+
+def test_concurrent_writers_never_share_a_temporary_file(tmp_path):
+    target = tmp_path / "shared.txt"
+    names, barrier = [], threading.Barrier(2)
+
+    def write(p, text):
+        names.append(p.name)
+        barrier.wait(timeout=10)  # both temporaries exist at once
+        p.write_text(text)
+
+    threads = [threading.Thread(target=write_atomic, args=(target, lambda p, t=t: write(p, t))) for t in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(names)) == 2 and target.read_text() in ("a", "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.txt"]
+
+
+def test_zero_workers_means_every_usable_core():
+    assert resolve_workers(0) == usable_cores() >= 1
+    assert resolve_workers(0, 1) == 1 and resolve_workers(5) == 5
+
+
+def test_setup_logging_shows_info_records_with_the_logger_name(capfd):
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers = []  # the set-up leaves a root logger that has handlers alone
+    try:
+        setup_logging()
+        logging.getLogger("dr_core.example").info("%d photos", 3)
+        assert "INFO dr_core.example: 3 photos" in capfd.readouterr().err
+    finally:
+        root.handlers, root.level = saved[0], saved[1]
