@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import subprocess
 import sys
 import tarfile
@@ -56,9 +57,11 @@ def fetch(builds: list[Build]) -> None:
     """Download each package from the npm registry and write its checked build into vendor/."""
     with tempfile.TemporaryDirectory() as tmp:
         for b in builds:
-            out = subprocess.run(["npm", "pack", f"{b.package}@{b.version}", "--silent", "--pack-destination", tmp],
-                                 capture_output=True, text=True, check=True)
-            tgz = Path(tmp) / out.stdout.strip().splitlines()[-1]
+            out = subprocess.run(["npm", "pack", f"{b.package}@{b.version}", "--json", "--pack-destination", tmp],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"npm pack {b.package}@{b.version} failed: {out.stderr.strip()[-2000:]}")
+            tgz = Path(tmp) / json.loads(out.stdout)[0]["filename"]
             with tarfile.open(tgz) as tar:
                 member = tar.extractfile(f"package/build/{b.file}")
                 if member is None:
