@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: repro test test-fast bench real-cpu real-cpu-cv ablation clean-venv
+.PHONY: repro test test-fast bench real-cpu real-cpu-cv ablation clean-venv chromium vendor-plots
 
 REAL_DATA := ../shared/data/eyepacs-dev
 
@@ -39,7 +39,15 @@ real-cpu-cv: $(STAMP)
 ablation: $(STAMP)
 	$(BIN)/python bench/ablation.py all -j $(or $(JOBS),1) --out docs/ablation.md
 
-test: $(STAMP)
+# Headless Chromium for tests/test_plots_offline.py, installed with apt-get where that works (as root).
+# Where it does not, the test skips and the run goes on.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "drgrade: chromium not installed; tests/test_plots_offline.py will skip" >&2
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
@@ -50,6 +58,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/freeze.py
+
+# Fetch again the Vega builds that the `dvc plots show` page carries inline, at the versions in
+# .dvc/plots/vendor/MANIFEST, refuse any whose sha256 differs, and rebuild .dvc/plots/page.html.
+vendor-plots:
+	@command -v npm >/dev/null || (echo "drgrade: npm not found; install Node.js and npm" >&2; exit 1)
+	$(PYTHON) .dvc/plots/vendor.py fetch
 
 clean-venv:
 	rm -rf $(VENV)
