@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from dr_core.config import load_params
+from dr_core.config import fold_params, load_params
 from dr_core.data.ingest import DataError
 from dr_core.data.split import run_split, write_atomic
 
@@ -16,17 +16,22 @@ logger = logging.getLogger("stages.split")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--labels-csv", type=Path, required=True, help="labels CSV (APTOS or EyePACS layout)")
-    parser.add_argument("--img-dir", type=Path, required=True, help="folder of the photographs")
+    parser.add_argument("--labels-csv", type=Path, help="labels CSV (APTOS or EyePACS layout); default data.labels_csv")
+    parser.add_argument("--img-dir", type=Path, help="folder of the photographs; default data.img_dir")
     parser.add_argument("--out", type=Path, required=True, help="folder for {train,val,test}.csv and reports")
     parser.add_argument("--metrics", type=Path, default=None,
                         help="also write summary.json here (DVC metric)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    parser.add_argument("--fold", type=int,
+                        help="a fold of cv/dvc.yaml: split.folds = len(cv.folds), split.fold = this")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = load_params(args.params)
+    if args.fold is not None:
+        params = fold_params(params, args.fold)
+    labels_csv, img_dir = args.labels_csv or Path(params.data.labels_csv), args.img_dir or Path(params.data.img_dir)
     try:
-        summary = run_split(args.labels_csv, args.img_dir, args.out, params.data, params.split,
+        summary = run_split(labels_csv, img_dir, args.out, params.data, params.split,
                             params.model.num_classes, params.seed, params.preprocess.workers)
     except DataError as err:
         logger.error("split stopped: bad input data")

@@ -1,8 +1,8 @@
 """Settings: every section of ``params.yaml`` as a frozen, validated dataclass (``params``), and presets."""
-from dr_core.config.params import (FELLOW_EYE_SCOPES, GRADE_NAMES, ConfigError, DataConfig, DemoConfig,
+from dr_core.config.params import (FELLOW_EYE_SCOPES, GRADE_NAMES, ConfigError, CVConfig, DataConfig, DemoConfig,
                                    EvaluateConfig, ModelConfig, Params, PreprocessConfig, SplitConfig, TrainConfig,
-                                   load_params, params_from_dict)
+                                   fold_params, load_params, params_from_dict)
 
-__all__ = ["FELLOW_EYE_SCOPES", "GRADE_NAMES", "ConfigError", "DataConfig", "DemoConfig", "EvaluateConfig",
-           "ModelConfig", "Params", "PreprocessConfig", "SplitConfig", "TrainConfig", "load_params",
+__all__ = ["FELLOW_EYE_SCOPES", "GRADE_NAMES", "ConfigError", "CVConfig", "DataConfig", "DemoConfig", "EvaluateConfig",
+           "ModelConfig", "Params", "PreprocessConfig", "SplitConfig", "TrainConfig", "fold_params", "load_params",
            "params_from_dict"]
