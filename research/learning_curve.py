@@ -11,10 +11,10 @@ queued as one grid named ``lc`` (DVC names its runs ``lc-1``, ``lc-2``, ...)::
 
 The runs and their ``split.train_fraction`` come from ``dvc exp show --json``; each run's
 ``cv/metrics.json`` is read from its experiment commit (``dvc exp show`` leaves out the per-fold
-lists). Prints, per share, the pooled out-of-fold AUC
-and QWK with their patient-bootstrap intervals and the fold-by-fold change against the largest
-share; fits each figure against log2 of the training photos and says at how many photos the fit
-would reach a target. With ``--png`` it draws both curves.
+lists). Prints, per share, the pooled out-of-fold AUC and QWK with their patient-bootstrap
+intervals and the fold-by-fold change against the largest share; fits each figure against log2 of
+the training photos and says at how many photos the fit would reach a target. With ``--png`` it
+draws both curves.
 """
 from __future__ import annotations
 

@@ -127,9 +127,9 @@ def cv_table(figures: dict) -> str:
     lines = [f"Out of fold: {figures['n_images']} photographs of {figures['n_patients']} patients "
              f"({figures['n_referable']} referable), each tested once in {figures['n_folds']} folds by the fold's "
              "model that never saw its patient (95% intervals resample patients)", "",
-             "| referable AUC | QWK (cut-points) | sensitivity | specificity |", "|---|---|---|---|",
+             "| referable AUC | QWK | sensitivity | specificity |", "|---|---|---|---|",
              "| " + " | ".join(ci(key) for key in HEADLINE) + " |", "",
-             "| fold | test photos | test AUC | test QWK (cut-points) | val AUC | val QWK (cut-points) |",
+             "| fold | test photos | test AUC | test QWK | val AUC | val QWK |",
              "|---|---|---|---|---|---|"]
     for k, n in enumerate(figures["fold_n_images"]):
         lines.append(f"| {k} | {n} | " + " | ".join(num(figures[f"fold_{key}"][k]) for key in (
