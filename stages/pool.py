@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from dr_core.config import load_params
-from dr_core.data.split import write_atomic
 from dr_core.evaluation.crossval import cv_metrics, cv_table, pool_folds
 
 
@@ -26,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = pool_folds([args.results / f"fold{k}" for k in params.cv.folds], params.model.num_classes,
                          params.evaluate.referable_grade, params.evaluate.bootstrap, params.seed)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.metrics, lambda p: p.write_text(json.dumps(cv_metrics(figures), indent=2) + "\n"))
-    write_atomic(args.table, lambda p: p.write_text(cv_table(figures)))
+    args.metrics.write_text(json.dumps(cv_metrics(figures), indent=2) + "\n")
+    args.table.write_text(cv_table(figures))
     return 0
 
 

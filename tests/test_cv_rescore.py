@@ -57,7 +57,8 @@ def _fold_figures(project, k: int) -> dict:
 @pytest.mark.slow
 def test_rescoring_at_the_training_size_repeats_the_evaluate_stage(cv_project, tmp_path, monkeypatch):
     monkeypatch.chdir(cv_project)  # the cv/ folder and params.yaml of a two-fold cross-validation (conftest)
-    rc = cv_rescore.main(["resolution", "--cache-size", "64", "--sizes", "48", "64", "--json", str(tmp_path / "r.json")])
+    rc = cv_rescore.main(["resolution", "--cache-size", "64", "--sizes", "48", "64",
+                          "--json", str(tmp_path / "r.json")])
     rows = json.loads((tmp_path / "r.json").read_text())
     assert rc == 0 and [(r["fold"], r["size"]) for r in rows] == [(0, 48), (0, 64), (1, 48), (1, 64),
                                                                     (None, 48), (None, 64)]
