@@ -29,15 +29,17 @@ real-cpu: $(STAMP)
 	@test -f $(REAL_DATA)/labels.csv || (echo "drgrade: $(REAL_DATA)/labels.csv not found; edit data.* in presets/real-cpu.yaml" >&2; exit 1)
 	$(BIN)/dvc exp run evaluate $$($(BIN)/python -m dr_core.cli.presets presets/real-cpu.yaml)
 
-# The same preset cross-validated: five patient-level folds, each photo tested once, the folds'
-# predictions pooled (bench/sweep.py --folds); five trainings, about 70 min on 2 CPU cores. Tables in cv/cv.md.
+# The same preset cross-validated by cv/dvc.yaml: five patient-level folds, each photo tested once, the
+# folds' predictions pooled into cv/metrics.json and cv/cv.md; five trainings, about 70 min on 2 CPU cores.
+# `dvc exp run` because `dvc repro` takes no -S overrides; DVC 3.67 then needs the root pipeline's outputs
+# named in dvc.lock in the local cache (its top-level plots are resolved): run `make repro` first on a fresh clone.
 real-cpu-cv: $(STAMP)
 	@test -f $(REAL_DATA)/labels.csv || (echo "drgrade: $(REAL_DATA)/labels.csv not found; edit data.* in presets/real-cpu.yaml" >&2; exit 1)
-	$(BIN)/python bench/sweep.py --variants preset --seeds 42 --folds 5 -j 1 --out-dir cv --md cv/cv.md --json cv/cv.json
+	$(BIN)/dvc exp run cv/dvc.yaml $$($(BIN)/python -m dr_core.cli.presets presets/real-cpu.yaml)
 
-# The ablation table around the preset (bench/ablation.py): queued DVC experiments, 3 seeds each.
+# The ablation table around the preset (research/ablation.py): queued DVC experiments, 3 seeds each.
 ablation: $(STAMP)
-	$(BIN)/python bench/ablation.py all -j $(or $(JOBS),1) --out docs/ablation.md
+	$(BIN)/python -m research.ablation all -j $(or $(JOBS),1) --out docs/ablation.md
 
 # Headless Chromium for tests/test_plots_offline.py, installed with apt-get where that works (as root).
 # Where it does not, the test skips and the run goes on.

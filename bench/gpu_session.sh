@@ -6,9 +6,9 @@
 #               which dvclive does not need outside a DVC repository
 #   .realdata/  a copy of ../shared/data/eyepacs-dev (delete it after the session)
 # On the device: install the wheels, record the environment, bench CUDA training steps (fp32 and
-# fp16 autocast, channels_last), then bench/sweep.py: the ablation variants around the real-cpu
-# preset on several patient-level splits, many runs at once on the one GPU, without DVC's queue.
-# Results come back through $OUT. SWEEP_S bounds the sweep (runs still going then are killed).
+# fp16 autocast, channels_last). Results come back through $OUT. It also ran the ablation sweep
+# through the stage entry points (bench/sweep.py, removed: sweeps are queued DVC experiments now,
+# research/ablation.py, whose celery stack the wheels above leave behind).
 # Run on 2026-11-30 (one H200): the sweep gave docs/sweep_gpu.json; the step bench failed to import
 # dr_core (no PYTHONPATH to the repository then, fixed since). DDP needs two GPUs for NCCL (one GPU
 # cannot host two NCCL ranks), so one machine checks only the single-process CUDA paths.
@@ -29,14 +29,4 @@ for amp in "" "--amp"; do
   echo "rc=$?"
 done > $OUT/bench_train_cuda.txt 2>&1
 el "bench done"; grep -v "^\s*$" $OUT/bench_train_cuda.txt | tail -24
-# 2. the sweep: seeds outermost, so the deadline cuts the last seed first
-D=.realdata/eyepacs-dev
-python3 bench/sweep.py --seeds ${SEEDS:-42 1 2 3} -j ${JOBS:-12} --deadline-s ${SWEEP_S:-360} --out-dir /tmp/sweep \
-  --set data.labels_csv=$D/labels.csv --set data.img_dir=$D/images --set train.mixed_precision=false \
-  --set train.num_workers=2 --set preprocess.workers=16 --md $OUT/sweep.md --json $OUT/sweep.json > $OUT/sweep.log 2>&1
-el "sweep rc=$?"; cat $OUT/sweep.log | tail -60
-# logs of up to three failed runs, and the GPU's memory at the end
-for f in $(grep -l -i "error\|Traceback" /tmp/sweep/runs/*/log.txt /tmp/sweep/data/*/log.txt 2>/dev/null | head -3); do
-  echo "== $f"; tail -30 "$f"; done > $OUT/failed_logs.txt
-head -80 $OUT/failed_logs.txt
 el "end"

@@ -37,7 +37,7 @@ from dr_core.training.engine import StepContext, run_epoch
 from dr_core.training.losses import build_loss, class_weights
 from dr_core.models.backbone import build_model, normalisation
 from dr_core.synthetic.demo import render_fundus
-from dr_core.training.fit import _stage_context
+from dr_core.training.fit import stage_context
 
 CASES = {"s1_naive": "stage 1, naive frozen (train mode, model(x))",
          "s1_ours": "stage 1, run_epoch (eval backbone, no_grad)",
@@ -140,7 +140,7 @@ def setup(stage: int, args: argparse.Namespace
     stream: Iterator = (itertools.cycle(list(loader)) if stage == 1  # pre-made tensors
                         else itertools.chain.from_iterable(itertools.repeat(loader)))  # one worker pool for all runs
     lr = train.lr_stage1 if stage == 1 else train.lr_stage2
-    ctx, optimizer = _stage_context(model, params, stage, lr, 1, total, device)
+    ctx, optimizer = stage_context(model, params, stage, lr, 1, total, device)
     return model, loss_fn, stream, ctx, optimizer
 
 

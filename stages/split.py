@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 
 from stages import run
-from dr_core.config import load_params
+from dr_core.config import fold_params, load_params
 from dr_core.data.ingest import DataError
 from dr_core.data.split import run_split
 from dr_core.runtime.io import write_atomic
 from dr_core.runtime.logs import setup_logging
 
 PARAMS = ("seed", "data", "split", "model.num_classes", "preprocess.workers")  # = dvc.yaml (tests/test_dvc_deps.py)
+FOLD_PARAMS = PARAMS + ("cv.folds",)  # with --fold, as in cv/dvc.yaml
 
 logger = logging.getLogger("stages.split")
 
@@ -29,9 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", type=Path, default=None,
                         help="also write summary.json here (DVC metric)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    parser.add_argument("--fold", type=int,
+                        help="a fold of cv/dvc.yaml: split.folds = len(cv.folds), split.fold = this")
     args = parser.parse_args(argv)
     setup_logging()
-    params = load_params(args.params).only(PARAMS, "split")
+    params = load_params(args.params)
+    declared = PARAMS
+    if args.fold is not None:  # a fold of cv/dvc.yaml: split.folds and split.fold come from cv.folds
+        params, declared = fold_params(params, args.fold), FOLD_PARAMS
+    params = params.only(declared, "split")
     try:
         summary = run_split(Path(params.data.labels_csv), Path(params.data.img_dir), args.out, params.data, params.split,
                             params.model.num_classes, params.seed, params.preprocess.workers)

@@ -58,6 +58,21 @@ def fake_cache(tmp_path: Path) -> Path:
     return write_fake_cache(tmp_path / "cache", {"train": 40, "val": 20, "test": 20})
 
 
+@pytest.fixture(scope="session")
+def cv_project(tmp_path_factory) -> Path:
+    """A copy of the project on the tiny demo settings of the end-to-end tests whose two-fold
+    cross-validation has run (`dvc repro cv/dvc.yaml`) and been committed. The copy drops the
+    root dvc.lock: it names outputs that are in no cache of the copy's."""
+    from test_pipeline_e2e import TINY, _run, make_project_copy
+
+    dest = make_project_copy(tmp_path_factory.mktemp("cvproj"), {**TINY, "cv": {"folds": [0, 1]}})
+    _run(["git", "rm", "-q", "dvc.lock"], dest)
+    _run(["dvc", "repro", "cv/dvc.yaml"], dest)
+    _run(["git", "add", "-A"], dest)
+    _run(["git", "commit", "-qm", "cross-validation"], dest)
+    return dest
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level(logging.INFO)

@@ -1,16 +1,14 @@
-"""bench/ablation.py: what it queues, and the table from a saved `dvc exp show --json` (no DVC run needed)."""
+"""research.ablation: what it queues, and the table from a saved `dvc exp show --json` (no DVC run needed)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from research import ablation
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("ablation", ROOT / "bench" / "ablation.py")
-ablation = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ablation)
 
 
 def _rev(name: str, qwk: float, stamp: str, error: bool = False) -> dict:
@@ -41,28 +39,41 @@ def test_table_averages_seeds_skips_failures_and_keeps_the_newest_rerun():
     assert "| 2 | 0.700 ± 0.283 |" in row and row.endswith("| 100 |")
 
 
-def test_folds_are_queued_as_one_experiment_each_and_tabulated_per_fold(monkeypatch):
+def test_folds_queue_one_cross_validation_each_and_tabulate_its_pooled_figures(monkeypatch):
     calls = []
     monkeypatch.setattr(ablation, "sh", lambda cmd, capture=False: calls.append(cmd) or "")
     monkeypatch.chdir(ROOT)
-    ablation.queue(ROOT / "presets" / "real-cpu.yaml", [42], ["preset", "focal"], "evaluate", [], folds=3)
+    ablation.queue(ROOT / "presets" / "real-cpu.yaml", [42, 7], ["preset", "focal"], "evaluate", [], folds=3)
     names = [c[c.index("-n") + 1] for c in calls]
-    assert names == ["abl-preset-s42-f0", "abl-focal-s42-f0", "abl-preset-s42-f1", "abl-focal-s42-f1",
-                     "abl-preset-s42-f2", "abl-focal-s42-f2"]
-    assert all("split.folds=3" in c and f"split.fold={n[-1]}" in c and "seed=42" in c for c, n in zip(calls, names))
+    assert names == ["abl-preset-s42-cv3", "abl-focal-s42-cv3", "abl-preset-s7-cv3", "abl-focal-s7-cv3"]
+    assert all(c[c.index("-n") + 2] == "cv/dvc.yaml" and "cv.folds=[0, 1, 2]" in c for c in calls)
+    assert all(f"seed={n.split('-s')[1].split('-')[0]}" in c for c, n in zip(calls, names))
 
-    rows = [{"rev": "abc", "experiments": [{"revs": [_rev(f"abl-focal-s42-f{k}", q, "2026-01-01T00:00:00")]}
-                                           for k, q in ((0, 0.5), (1, 0.6), (2, 0.7))]
-             + [{"revs": [_rev("abl-focal-s7", 0.1, "2026-01-01T00:00:00")]}]}]
+    pooled = {"qwk": 0.5, "referable_auc": 0.8, "referable_sensitivity": 0.9, "referable_specificity": 0.4,
+              "folds": {"referable_auc": [0.7, 0.8, 0.9]}}
+    cv_rev = _rev("abl-focal-s42-cv3", 0.1, "2026-01-01T00:00:00")  # results/metrics.json: the parent's, stale
+    cv_rev["data"]["metrics"]["cv/metrics.json"] = {"data": pooled}
+    rows = [{"rev": "abc", "experiments": [{"revs": [cv_rev]},
+                                           {"revs": [_rev("abl-focal-s7", 0.3, "2026-01-01T00:00:00")]}]}]
     results = ablation.collect(json.loads(json.dumps(rows)))
-    assert [(r["seed"], r.get("fold"), r["qwk"]) for r in results["focal"]] == [
-        (7, None, 0.1), (42, 0, 0.5), (42, 1, 0.6), (42, 2, 0.7)]  # folds of a seed are runs of their own
+    assert [(r["seed"], r.get("folds"), r["qwk"], r["auc"]) for r in results["focal"]] == [
+        (7, None, 0.3, 0.9), (42, 3, 0.5, 0.8)]  # the cross-validation reads its own pooled metrics
+    lines = [line for line in ablation.table(results).splitlines() if line.startswith("| focal ")]
+    assert lines[0].startswith("| focal | focal loss, gamma 2 | 1 | 0.300 |")
+    assert lines[1].startswith("| focal | focal loss, gamma 2 | 1 (3-fold, pooled) | 0.500 | n/a | 0.800 |")
+
+
+def test_variants_of_removed_options_are_gone():
+    settings = {key for overrides, _ in ablation.VARIANTS.values() for key in overrides}
+    assert not settings & {"train.rank_weight", "model.head_norm"}
+    assert all(v.get("model.global_pool") != "catavgmax" for v, _ in ablation.VARIANTS.values())
 
 
 def test_a_fold_count_the_split_cannot_take_is_refused_before_anything_is_queued(monkeypatch):
     calls = []
     monkeypatch.setattr(ablation, "sh", lambda cmd, capture=False: calls.append(cmd) or "")
     monkeypatch.chdir(ROOT)
-    with pytest.raises(ValueError, match="split.val"):  # val 0.9 and a test fold of 1/2: no photos left to train on
-        ablation.queue(ROOT / "presets" / "real-cpu.yaml", [42], ["preset"], "evaluate", ["split.val=0.9"], folds=2)
+    # val 0.6 leaves photos to train on beside a test share of 0.2, but not beside a test fold of 1/2
+    with pytest.raises(ValueError, match=r"cross-validation fold 1 .*split.val \+ 1 / split.folds: got 1.1"):
+        ablation.queue(ROOT / "presets" / "real-cpu.yaml", [42], ["preset"], "evaluate", ["split.val=0.6"], folds=2)
     assert calls == []

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from conftest import REPO, committed_text
-from dr_core.config import ConfigError, Params, load_params, params_from_dict
+from dr_core.config import ConfigError, Params, fold_params, load_params, params_from_dict
 
 
 def test_repository_params_load_and_validate():
@@ -61,6 +61,10 @@ def test_every_guide_flag_has_a_param():
     ({"model": {"global_pool": "catavgmax"}}, r"model.global_pool: got 'catavgmax'"),  # removed: no measured gain
     ({"model": {"head_norm": False}}, r"unknown key 'model.head_norm'"),
     ({"split": {"val": 0.6, "test": 0.5}}, r"split.val \+ split.test"),
+    ({"cv": {"folds": [0, 2]}}, r"cv.folds: got \[0, 2\], expected the fold numbers 0..K-1 of K >= 2 folds"),
+    ({"cv": {"folds": [0]}}, r"cv.folds: got \[0\], expected the fold numbers 0..K-1 of K >= 2"),
+    ({"cv": {"folds": 5}}, r"cv.folds: got 5, expected a list of integers, e.g. \[0, 1, 2\]"),
+    ({"cv": {"folds": [0, 1.5]}}, r"cv.folds\[1\]: got 1.5, expected an integer"),
     ({"data": {"on_bad_image": "ignore"}}, r"data.on_bad_image: got 'ignore'"),
     ({"train": {"aug_strength": 0}}, r"train.aug_strength: got 0.0, expected a number > 0"),
     ({"train": {"mixup_alpha": -0.2}}, r"train.mixup_alpha: got -0.2, expected 0 \(off\) or a number > 0"),
@@ -103,3 +107,12 @@ def test_a_stage_reports_a_settings_error_in_one_line(tmp_path):
                           str(tmp_path / "params.yaml")], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 2
     assert "unknown key 'train.los'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_cross_validation_fold_sets_the_split_from_cv_folds():
+    params = params_from_dict({"cv": {"folds": [0, 1, 2]}}, validate=False)
+    split = fold_params(params, 2).split
+    assert (split.folds, split.fold, split.test_fraction) == (3, 2, 1 / 3)
+    assert params.split.folds == 0  # the main pipeline's split is left alone
+    with pytest.raises(ConfigError, match=r"cross-validation fold 3 .*split.fold: got 3, expected a fold in 0..2"):
+        fold_params(params, 3)

@@ -1,13 +1,16 @@
-"""dr_core.evaluation.crossval: the folds' test predictions pooled into out-of-fold figures."""
+"""dr_core.evaluation.crossval and the pool stage: the folds' test predictions pooled into out-of-fold figures."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from dr_core.evaluation.crossval import out_of_fold, read_folds
+from dr_core.evaluation.crossval import out_of_fold, pool_folds, read_folds
+from stages import pool
 from dr_core.evaluation.metrics import binary_auc, quadratic_weighted_kappa
 
 
@@ -63,3 +66,37 @@ def test_no_bootstrap_gives_no_interval():
     figures = out_of_fold(table, num_classes=5, n_bootstrap=0)
     assert figures["referable_auc"] == 1.0 and figures["referable_auc_ci_low"] is None
     assert np.isclose(figures["fold_qwk_mean"], np.mean(figures["fold_qwk"]))
+
+
+def _evaluated_fold(folder: Path, ids: list[str], grades: list[int], val_auc: float) -> Path:
+    """A fold's evaluate output: predictions.csv (perfect grades, referable scored 0.9) and metrics.json."""
+    folder.mkdir(parents=True)
+    score = [0.9 if g >= 2 else 0.1 + 0.1 * n for n, g in enumerate(grades)]
+    _fold(folder / "predictions.csv", ids, grades, grades, score, threshold=0.5)
+    (folder / "metrics.json").write_text(json.dumps({"test": {"val_referable_auc": val_auc, "val_qwk": 0.5}}))
+    return folder
+
+
+def test_the_pool_stage_writes_pooled_headline_metrics_and_a_line_per_fold(tmp_path):
+    grades = {"1_left": 0, "1_right": 2, "2_left": 0, "3_left": 3, "3_right": 0, "2_right": 0}
+    for k, ids in enumerate((["1_left", "1_right", "2_left"], ["3_left", "3_right", "2_right"])):
+        _evaluated_fold(tmp_path / "results" / f"fold{k}", ids, [grades[i] for i in ids], 0.75 + 0.1 * k)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"cv": {"folds": [0, 1]}, "evaluate": {"bootstrap": 20}}))
+    metrics, table = tmp_path / "cv" / "metrics.json", tmp_path / "cv" / "cv.md"
+    assert pool.main(["--results", str(tmp_path / "results"), "--metrics", str(metrics), "--table", str(table),
+                      "--params", str(params)]) == 0
+    pooled = json.loads(metrics.read_text())
+    assert pooled["n_images"] == 6 and pooled["referable_auc"] == 1.0 and pooled["referable_sensitivity"] == 1.0
+    assert pooled["referable_auc_ci_low"] <= 1.0 and "fold_referable_auc_mean" not in pooled  # headline only
+    assert pooled["folds"] == {"n_images": [3, 3], "referable_auc": [1.0, 1.0], "qwk": [1.0, 1.0],
+                               "val_referable_auc": [0.75, 0.85], "val_qwk": [0.5, 0.5]}
+    text = table.read_text()
+    assert text.startswith("Out of fold: 6 photographs of 3 patients (2 referable), each tested once in 2 folds")
+    assert "| 1 | 3 | 1.000 | 1.000 | 0.850 | 0.500 |" in text
+
+
+def test_a_fold_left_unfinished_is_not_pooled(tmp_path):
+    _evaluated_fold(tmp_path / "fold0", ["1_left", "1_right"], [0, 2], 0.7)
+    with pytest.raises(FileNotFoundError, match="fold1"):
+        pool_folds([tmp_path / "fold0", tmp_path / "fold1"], num_classes=5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import yaml
 
 from conftest import REPO
 
-PIPELINES = ("dvc.yaml",)
+PIPELINES = ("dvc.yaml", "cv/dvc.yaml")
 
 
 def module_file(name: str, root: Path = REPO) -> Path | None:
@@ -67,7 +68,10 @@ def stage_module(cmd: str) -> str:
 
 
 def missing_deps(stage: dict, root: Path = REPO) -> list[str]:
-    """Closure files of a stage's command that none of its deps (file or folder) covers."""
+    """Closure files of a stage's command that none of its deps (file or folder) covers.
+
+    ``root`` is the folder the stage runs in (its dvc.yaml's folder joined with its ``wdir``).
+    """
     deps = [(root / d).resolve() for d in stage.get("deps", []) if "${" not in d]
     closure = import_closure(stage_module(stage["cmd"]), root)
     return sorted(str(f.relative_to(root)) for f in closure
@@ -88,22 +92,34 @@ def stages_of(pipeline: str, root: Path = REPO) -> dict[str, dict]:
     return yaml.safe_load((root / pipeline).read_text())["stages"]
 
 
+def stage_root(pipeline: str, stage: dict) -> Path:
+    """Where a stage runs: its dvc.yaml's folder joined with ``wdir`` (cv/dvc.yaml's stages use ``..``)."""
+    return ((REPO / pipeline).parent / stage.get("wdir", ".")).resolve()
+
+
+def stage_reads(stage: dict) -> tuple[str, ...]:
+    """The settings the stage's module declares for this command: ``FOLD_PARAMS`` with ``--fold``."""
+    module = importlib.import_module(stage_module(stage["cmd"]))
+    return module.FOLD_PARAMS if "--fold" in stage["cmd"].split() else module.PARAMS
+
+
 CASES = [(p, name) for p in PIPELINES for name in stages_of(p)]
 
 
 @pytest.mark.parametrize(("pipeline", "name"), CASES)
 def test_stage_deps_cover_its_import_closure(pipeline: str, name: str) -> None:
     stage = stages_of(pipeline)[name]
+    assert stage_root(pipeline, stage) == REPO, f"{pipeline}: stage {name!r} must run at the repository root"
     assert missing_deps(stage) == [], f"{pipeline}: stage {name!r} imports modules missing from its deps"
 
 
 @pytest.mark.parametrize(("pipeline", "name"), CASES)
 def test_stage_params_equal_what_the_stage_reads(pipeline: str, name: str) -> None:
     stage = stages_of(pipeline)[name]
-    module = importlib.import_module(stage_module(stage["cmd"]))
-    assert set(module.PARAMS) == declared_params(stage), (
-        f"{pipeline}: stage {name!r} declares params {sorted(declared_params(stage))} in dvc.yaml but reads "
-        f"{sorted(module.PARAMS)} ({module.__file__}: PARAMS)")
+    reads = stage_reads(stage)
+    assert set(reads) == declared_params(stage), (
+        f"{pipeline}: stage {name!r} declares params {sorted(declared_params(stage))} but reads {sorted(reads)} "
+        f"(PARAMS in stages/{stage_module(stage['cmd']).split('.')[-1]}.py)")
 
 
 def test_a_missing_module_is_reported() -> None:
@@ -133,4 +149,4 @@ def test_closure_follows_function_level_and_package_imports(tmp_path: Path) -> N
 def test_no_setting_is_pasted_into_a_shell_command(pipeline: str, name: str) -> None:
     """A path such as ``my photos/`$(touch PWNED)`` must never reach the shell: stages read params themselves."""
     cmd = stages_of(pipeline)[name]["cmd"]
-    assert "${" not in cmd, f"{pipeline}: stage {name!r} interpolates a setting into its command: {cmd!r}"
+    assert not re.search(r"\$\{(?!item\.)", cmd), f"{pipeline}: stage {name!r} puts a setting into its command: {cmd!r}"

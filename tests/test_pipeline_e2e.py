@@ -41,13 +41,14 @@ def _run(args: list[str], cwd: Path, stdout_only: bool = False) -> str:
 
 
 def make_project_copy(dest: Path, overrides: dict) -> Path:
-    """Copy the project's code (tracked and new, non-ignored files) into a fresh git repo, with the
-    committed params.yaml: whatever experiment the workspace ran last does not leak into the test."""
+    """Copy the project's code (tracked and new, non-ignored files, but no pipeline outputs) into a fresh
+    git repo, with the committed params.yaml: whatever experiment the workspace ran last does not leak in."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split()
     for rel in files:
         src = REPO / rel
-        if src.is_file() and not rel.startswith(("data/", "models/", "results/", "dvclive/", "metrics/")):
+        outputs = rel.startswith(("data/", "models/", "results/", "dvclive/", "metrics/", "cv/"))
+        if src.is_file() and (not outputs or rel == "cv/dvc.yaml"):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     params = yaml.safe_load(committed_text("params.yaml"))
@@ -123,28 +124,29 @@ def test_queued_experiments_run_in_parallel_and_reuse_the_cache(project):
 
 
 def test_ablation_script_queues_runs_and_tabulates(tmp_path):
-    """bench/ablation.py end to end on a tiny preset: 2 variants x 2 patient-level folds of 1 seed as
-    queued experiments, each fold testing its own half of the photos."""
+    """research.ablation end to end on a tiny preset: 2 variants of 1 seed, each a queued two-fold
+    cross-validation (cv/dvc.yaml) that tests every photo once and pools the folds."""
     dest = make_project_copy(tmp_path, {})
+    _run(["git", "rm", "-q", "dvc.lock"], dest)  # it names outputs that are in no cache of the copy's
     preset = {k: v for k, v in TINY.items()}
     preset["train"] = {**TINY["train"], "loss": "regression"}
     preset["evaluate"] = {"grade_rule": "qwk"}
     (dest / "presets" / "tiny.yaml").write_text(yaml.safe_dump(preset))
     _run(["git", "add", "-A"], dest)
     _run(["git", "commit", "-qm", "tiny preset"], dest)
-    out = _run([sys.executable, "bench/ablation.py", "all", "--preset", "presets/tiny.yaml", "--seeds", "7",
+    out = _run([sys.executable, "-m", "research.ablation", "all", "--preset", "presets/tiny.yaml", "--seeds", "7",
                 "--folds", "2", "--variants", "preset", "ordinal", "-j", "2", "--deadline-s", "900",
                 "--out", "table.md"], dest)
     table = (dest / "table.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| preset ") or line.startswith("| ordinal ")]
     assert len(rows) == 2, out[-3000:]
-    assert all("| 2 |" in row for row in rows), table  # two folds each, with metrics
+    assert all("| 1 (2-fold, pooled) |" in row for row in rows), table  # one cross-validation each, with metrics
     shown = json.loads(_run(["dvc", "exp", "show", "--all-commits", "--json"], dest, stdout_only=True))
     revs = {rev.get("name"): rev for row in shown for e in (row.get("experiments") or []) for rev in e["revs"]}
-    names = [f"abl-{v}-s7-f{k}" for v in ("preset", "ordinal") for k in (0, 1)]
+    names = [f"abl-{v}-s7-cv2" for v in ("preset", "ordinal")]
     assert set(names) <= set(revs), sorted(map(str, revs))
-    for v in ("preset", "ordinal"):
-        split = [revs[f"abl-{v}-s7-f{k}"]["data"]["metrics"]["metrics/split.json"]["data"] for k in (0, 1)]
-        assert [s["folds"] for s in split] == [2, 2] and [s["test_fold"] for s in split] == [0, 1]
-        # the two test folds partition the photos
-        assert sum(s["splits"]["test"]["n_images"] for s in split) == split[0]["n_images"]
+    for name in names:
+        pooled = revs[name]["data"]["metrics"]["cv/metrics.json"]["data"]
+        # pooling refuses a photo tested twice: all of them, once each, is a partition
+        assert pooled["n_images"] == 2 * TINY["demo"]["n_patients"]
+        assert revs[name]["data"]["params"]["params.yaml"]["data"]["cv"]["folds"] == [0, 1]

@@ -104,6 +104,22 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class CVConfig:
+    """The cross-validation pipeline (``cv/dvc.yaml``): split, preprocess, train and evaluate once per
+    fold, then pool the folds' test predictions.
+
+    ``folds`` lists the folds as 0..K-1 because DVC's ``matrix`` iterates over a list and cannot count.
+    Fold k runs with ``split.folds: K`` and ``split.fold: k`` (:func:`fold_params`).
+    """
+
+    folds: tuple[int, ...] = (0, 1, 2, 3, 4)
+
+    def validate(self) -> None:
+        _check(len(self.folds) >= 2 and list(self.folds) == list(range(len(self.folds))), "cv.folds",
+               list(self.folds), "the fold numbers 0..K-1 of K >= 2 folds, e.g. [0, 1, 2, 3, 4] for five folds")
+
+
+@dataclass(frozen=True)
 class PreprocessConfig:
     """Deterministic image work cached on disk (guide: --medical-preprocess)."""
 
@@ -264,6 +280,7 @@ class Params:
     demo: DemoConfig = field(default_factory=DemoConfig)
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -361,6 +378,17 @@ class StageParams:
         return out
 
 
+def fold_params(params: Params, fold: int) -> Params:
+    """``params`` for fold ``fold`` of the cross-validation: ``split.folds`` = len(cv.folds), ``split.fold`` = fold."""
+    split = dataclasses.replace(params.split, folds=len(params.cv.folds), fold=fold)
+    try:
+        split.validate()
+    except ConfigError as err:
+        raise ConfigError(f"cross-validation fold {fold} (split.folds = len(cv.folds) = {split.folds}): "
+                          f"{err}") from None
+    return dataclasses.replace(params, split=split)
+
+
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: got {value!r}, expected {expected}")
@@ -394,6 +422,10 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
         if not math.isfinite(value):  # YAML's .inf and .nan: no setting means anything with them
             raise ConfigError(f"{key}: got {value!r}, expected a finite number")
         return float(value)
+    if typ == tuple[int, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: got {value!r}, expected a list of integers, e.g. [0, 1, 2]")
+        return tuple(_coerce(f"{key}[{i}]", v, int) for i, v in enumerate(value))
     if typ is str:
         if value is None:
             return ""

@@ -8,6 +8,7 @@ fold's validation split), so the pooled sensitivity and specificity are those of
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,3 +81,57 @@ def out_of_fold(table: pd.DataFrame, num_classes: int, referable_grade: int = 2,
                 out["n_images"], out["n_folds"], out["referable_auc"], out["referable_auc_ci_low"],
                 out["referable_auc_ci_high"], out["qwk"])
     return to_jsonable(out)
+
+
+HEADLINE = ("referable_auc", "qwk", "referable_sensitivity", "referable_specificity")
+
+
+def pool_folds(fold_dirs: Sequence[Path], num_classes: int, referable_grade: int = 2, n_bootstrap: int = 1000,
+               seed: int = 0) -> dict:
+    """:func:`out_of_fold` of a cross-validation whose fold k was evaluated into ``fold_dirs[k]`` (its
+    ``predictions.csv`` and ``metrics.json``), plus each fold's test photos and val figures
+    (``fold_n_images``, ``fold_val_referable_auc``, ``fold_val_qwk``)."""
+    table = read_folds([Path(d) / "predictions.csv" for d in fold_dirs])
+    figures = out_of_fold(table, num_classes, referable_grade, n_bootstrap, seed)
+    tests = [json.loads((Path(d) / "metrics.json").read_text())["test"] for d in fold_dirs]
+    figures["fold_n_images"] = table.groupby("fold").size().tolist()
+    for key in ("val_referable_auc", "val_qwk"):
+        figures[f"fold_{key}"] = [t.get(key) for t in tests]
+    return to_jsonable(figures)
+
+
+def cv_metrics(figures: dict) -> dict:
+    """What ``cv/metrics.json`` keeps of :func:`pool_folds`: the pooled headline figures with their
+    intervals and the photo count as numbers, and the per-fold figures as lists under ``folds``
+    (``dvc exp show`` tabulates only numbers, so the lists are in its ``--json`` but not its table)."""
+    out = {"n_images": figures["n_images"]}
+    for key in HEADLINE:
+        out.update({name: figures.get(name) for name in (key, f"{key}_ci_low", f"{key}_ci_high")})
+    out["folds"] = {"n_images": figures["fold_n_images"], "referable_auc": figures["fold_referable_auc"],
+                    "qwk": figures["fold_qwk"], "val_referable_auc": figures["fold_val_referable_auc"],
+                    "val_qwk": figures["fold_val_qwk"]}
+    return out
+
+
+def cv_table(figures: dict) -> str:
+    """:func:`pool_folds`'s figures as markdown: the pooled figures, then one line per fold."""
+    def ci(key: str) -> str:
+        low, high = figures.get(f"{key}_ci_low"), figures.get(f"{key}_ci_high")
+        value = figures[key]
+        text = "n/a" if value is None else f"{value:.3f}"
+        return text + (f" ({low:.3f}-{high:.3f})" if low is not None and high is not None else "")
+
+    def num(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    lines = [f"Out of fold: {figures['n_images']} photographs of {figures['n_patients']} patients "
+             f"({figures['n_referable']} referable), each tested once in {figures['n_folds']} folds by the fold's "
+             "model that never saw its patient (95% intervals resample patients)", "",
+             "| referable AUC | QWK | sensitivity | specificity |", "|---|---|---|---|",
+             "| " + " | ".join(ci(key) for key in HEADLINE) + " |", "",
+             "| fold | test photos | test AUC | test QWK | val AUC | val QWK |",
+             "|---|---|---|---|---|---|"]
+    for k, n in enumerate(figures["fold_n_images"]):
+        lines.append(f"| {k} | {n} | " + " | ".join(num(figures[f"fold_{key}"][k]) for key in (
+            "referable_auc", "qwk", "val_referable_auc", "val_qwk")) + " |")
+    return "\n".join(lines) + "\n"

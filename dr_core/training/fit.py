@@ -137,7 +137,7 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
         epoch += n_epochs
         if done >= epoch:
             continue  # stage already finished before the interruption
-        ctx, optimizer = _stage_context(model, params, stage, lr * lr_scale, n_epochs, len(loaders.train),
+        ctx, optimizer = stage_context(model, params, stage, lr * lr_scale, n_epochs, len(loaders.train),
                                         device, dist)
         bad_epochs = 0
         if state is not None and state["stage"] == stage:
@@ -210,7 +210,7 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
     return summary
 
 
-def _stage_context(model: nn.Module, params: Params, stage: int, lr: float, n_epochs: int,
+def stage_context(model: nn.Module, params: Params, stage: int, lr: float, n_epochs: int,
                    n_batches: int, device: torch.device, dist: DistInfo = DistInfo()
                    ) -> tuple[StepContext, torch.optim.Optimizer]:
     t = params.train

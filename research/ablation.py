@@ -2,18 +2,18 @@
 
 Each (variant, seed) is a queued DVC experiment named ``abl-<variant>-s<seed>``; ``seed`` changes
 the patient-level split as well as initialisation and augmentation, so the spread over seeds is
-the spread over held-out patient sets. With ``--folds K`` each (variant, seed) is K experiments,
-``abl-<variant>-s<seed>-f<k>``, whose test splits are the K patient-level folds of that seed
-(``split.folds`` / ``split.fold``): every photo is tested once, and the spread is over folds. The
-table is rendered from ``dvc exp show --json``, which carries metrics, not predictions: pooling the
-folds' predictions into out-of-fold figures is ``bench/sweep.py --folds``.
+the spread over held-out patient sets. With ``--folds K`` each (variant, seed) is one experiment of
+the cross-validation pipeline ``cv/dvc.yaml`` with ``cv.folds: [0, ..., K-1]``, named
+``abl-<variant>-s<seed>-cv<K>``: every photo is tested once, by the fold model that never saw its
+patient, and the table shows the pooled out-of-fold figures of ``cv/metrics.json``. The table is
+rendered from ``dvc exp show --json``.
 
-    python bench/ablation.py all -j 2                  # queue, run, print the markdown table
-    python bench/ablation.py queue --seeds 1 2 3       # or step by step
-    python bench/ablation.py all --seeds 42 --folds 5 --variants preset focal   # five folds each
-    python bench/ablation.py run -j 2
-    python bench/ablation.py table --out docs/ablation.md
-    python bench/ablation.py table --exp-json saved_exp_show.json   # from a saved `dvc exp show --json`
+    python -m research.ablation all -j 2                  # queue, run, print the markdown table
+    python -m research.ablation queue --seeds 1 2 3       # or step by step
+    python -m research.ablation all --seeds 42 --folds 5 --variants preset focal   # cross-validated
+    python -m research.ablation run -j 2
+    python -m research.ablation table --out docs/ablation.md
+    python -m research.ablation table --exp-json saved_exp_show.json   # from a saved `dvc exp show --json`
 """
 from __future__ import annotations
 
@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dr_core.config.presets import merged, read_preset, to_set_args  # noqa: E402
+from dr_core.config import fold_params, params_from_dict
+from dr_core.config.presets import merged, read_preset, to_set_args, unflatten
 
 # name -> (overrides on top of the preset, what it tests)
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
@@ -60,16 +59,6 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "basic_aug": ({"train.advanced_aug": False}, "flips, rotation and brightness only"),
     "strong_aug": ({"train.aug_strength": 2.0}, "augmentation ranges and probabilities x2"),
     "mixup": ({"train.mixup_alpha": 0.4}, "mixup of training images and losses, alpha 0.4"),
-    "rank": ({"train.rank_weight": 1.0}, "+ pairwise referable-vs-rest ranking loss, weight 1"),
-    "catavgmax": ({"model.global_pool": "catavgmax"},
-                  "head on average and max pooling concatenated, not average alone"),
-    "catavgmax_lr": ({"model.global_pool": "catavgmax", "train.lr_stage1": 0.00025,
-                      "train.lr_stage2": 0.0000625, "train.backbone_lr_mult": 8.0},
-                     "catavgmax with the head's learning rates / 8 (its max-pooled inputs are ~8x "
-                     "larger), backbone's kept"),
-    "catavgmax_bn": ({"model.global_pool": "catavgmax", "model.head_norm": True},
-                     "catavgmax with a BatchNorm on the pooled features before the linear layer "
-                     "(unit-scale head inputs, at the preset's learning rates)"),
     "gem": ({"model.global_pool": "gem"},
             "generalised-mean pooling (p = 3, learned) instead of the average: between average and max"),
     "no_dropout": ({"model.drop_rate": 0.0, "model.drop_path_rate": 0.0},
@@ -84,9 +73,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "lite2_352": ({"model.name": "tf_efficientnet_lite2", "train.image_size": 352},
                   "built-in EfficientNet-Lite2 at 352 px (about the same FLOPs)"),
 }
-NAME = re.compile(r"^abl-(?P<variant>.+)-s(?P<seed>\d+)(?:-f(?P<fold>\d+))?$")
+NAME = re.compile(r"^abl-(?P<variant>.+)-s(?P<seed>\d+)(?:-cv(?P<folds>\d+))?$")
 METRICS = "results/metrics.json"
 TRAIN_METRICS = "dvclive/train/metrics.json"
+CV_PIPELINE = "cv/dvc.yaml"
+CV_METRICS = "cv/metrics.json"
 
 
 def sh(cmd: list[str], capture: bool = False) -> str:
@@ -107,22 +98,22 @@ def start_workers(jobs: int) -> None:
 
 def queue(preset: Path, seeds: list[int], variants: list[str], target: str, extra: list[str],
           folds: int = 0) -> None:
-    """Queue every (variant, seed), or with ``folds`` every (variant, seed, fold); seeds outermost,
-    then folds, so that a deadline leaves whole seeds and folds."""
+    """Queue every (variant, seed), seeds outermost so that a deadline leaves whole seeds; with
+    ``folds`` each is a run of ``cv/dvc.yaml`` (``target`` is then ignored) with ``cv.folds`` 0..folds-1."""
     import yaml
 
     base = {**read_preset(preset), **{k: yaml.safe_load(v) for k, v in (e.split("=", 1) for e in extra)}}
-    first_fold = {"split.folds": folds, "split.fold": 0} if folds else {}
+    if folds:
+        base["cv.folds"] = list(range(folds))
     for name in variants:  # fails here, naming the key, before queueing
-        merged("params.yaml", {**base, **VARIANTS[name][0], **first_fold})
+        flat = merged("params.yaml", {**base, **VARIANTS[name][0]})
+        if folds:
+            fold_params(params_from_dict(unflatten(flat), validate=False), folds - 1)
     for seed in seeds:
-        for fold in range(folds) if folds else [None]:
-            split = {} if fold is None else {"split.folds": folds, "split.fold": fold}
-            suffix = "" if fold is None else f"-f{fold}"
-            for name in variants:
-                overrides = {**base, **VARIANTS[name][0], **split, "seed": seed}
-                sh(["dvc", "exp", "run", "--queue", "-n", f"abl-{name}-s{seed}{suffix}", target,
-                    *to_set_args(overrides, absolute=True)])
+        for name in variants:
+            overrides = {**base, **VARIANTS[name][0], "seed": seed}
+            sh(["dvc", "exp", "run", "--queue", "-n", f"abl-{name}-s{seed}" + (f"-cv{folds}" if folds else ""),
+                CV_PIPELINE if folds else target, *to_set_args(overrides, absolute=True)])
 
 
 def run(jobs: int, deadline_s: float | None) -> None:
@@ -162,8 +153,9 @@ def run(jobs: int, deadline_s: float | None) -> None:
 
 
 def collect(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
-    """``{variant: [{metric: value} per seed, or per seed and fold]}`` from parsed ``dvc exp show
-    --json`` (one run per name: the newest, if an experiment name was run again)."""
+    """``{variant: [{metric: value} per seed]}`` from parsed ``dvc exp show --json`` (one run per name:
+    the newest, if an experiment name was run again). A cross-validated run (``-cv<K>``) gives its
+    pooled out-of-fold figures and ``folds``: K."""
     runs: dict[tuple[str, int, int], tuple[str, dict[str, float]]] = {}
     for row in rows:
         for exp in row.get("experiments") or []:
@@ -173,17 +165,22 @@ def collect(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
                 if rev.get("error") or state not in (None, "success"):
                     continue  # failed, queued or running: shows its parent's metrics (`dvc queue logs <name>`)
                 data = rev.get("data") or {}
-                test = data.get("metrics", {}).get(METRICS, {}).get("data", {}).get("test")
-                if not match or not test:
+                metrics = data.get("metrics", {})
+                if not match:
                     continue
-                train = data.get("metrics", {}).get(TRAIN_METRICS, {}).get("data", {})
-                fold = -1 if match["fold"] is None else int(match["fold"])
-                key = (match["variant"], int(match["seed"]), fold)
+                # a run of one pipeline shows the other's metrics as its parent left them: read its own
+                folds = 0 if match["folds"] is None else int(match["folds"])
+                test = metrics.get(CV_METRICS if folds else METRICS, {}).get("data", {})
+                test = test if folds else test.get("test")
+                if not test:
+                    continue
+                train = {} if folds else metrics.get(TRAIN_METRICS, {}).get("data", {})
+                key = (match["variant"], int(match["seed"]), folds)
                 stamp = data.get("timestamp") or ""
                 if key in runs and runs[key][0] >= stamp:
                     continue
                 runs[key] = (stamp, {
-                    "seed": key[1], **({} if fold < 0 else {"fold": fold}),
+                    "seed": key[1], **({"folds": folds} if folds else {}),
                     "qwk": test.get("qwk"), "qwk_argmax": test.get("qwk_argmax"),
                     "auc": test.get("referable_auc"), "sens": test.get("referable_sensitivity"),
                     "spec": test.get("referable_specificity"), "seconds": train.get("train_seconds")})
@@ -194,7 +191,7 @@ def collect(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
 
 
 def mean_sd(values: list[float | None]) -> str:
-    """Mean ± sd of the values that are numbers, as text (the sweep's table uses it too); "n/a" if none."""
+    """Mean ± sd of the values that are numbers, as text; "n/a" if none."""
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
         return "n/a"
@@ -210,16 +207,17 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
              "| sensitivity | specificity | train time (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, (_, what) in VARIANTS.items():
-        runs = sorted(results.get(name, []), key=lambda r: (r["seed"], r.get("fold", -1)))
-        if not runs:
-            continue
-        secs = [r["seconds"] for r in runs if r["seconds"] is not None]
-        seconds = f"{sum(secs) / len(secs):.0f}" if secs else "n/a"
-        lines.append(f"| {name} | {what} | {len(runs)} | {mean_sd([r['qwk'] for r in runs])} | "
-                     f"{mean_sd([r['qwk_argmax'] for r in runs])} | {mean_sd([r['auc'] for r in runs])} | "
-                     f"{mean_sd([r['sens'] for r in runs])} | {mean_sd([r['spec'] for r in runs])} | {seconds} |")
-    return "\n".join(lines) + ("\n\nmean ± standard deviation over runs (each seed, or each fold of a seed, "
-                                "tests its own patients)\n")
+        mine = results.get(name, [])
+        for folds in sorted({r.get("folds", 0) for r in mine}):  # single splits, then each fold count
+            runs = sorted((r for r in mine if r.get("folds", 0) == folds), key=lambda r: r["seed"])
+            secs = [r["seconds"] for r in runs if r["seconds"] is not None]
+            seconds = f"{sum(secs) / len(secs):.0f}" if secs else "n/a"
+            count = f"{len(runs)} ({folds}-fold, pooled)" if folds else str(len(runs))
+            lines.append(f"| {name} | {what} | {count} | {mean_sd([r['qwk'] for r in runs])} | "
+                         f"{mean_sd([r['qwk_argmax'] for r in runs])} | {mean_sd([r['auc'] for r in runs])} | "
+                         f"{mean_sd([r['sens'] for r in runs])} | {mean_sd([r['spec'] for r in runs])} | {seconds} |")
+    return "\n".join(lines) + ("\n\nmean ± standard deviation over seeds (each seed tests its own patients; "
+                                "k-fold, pooled: every photo tested once, out of fold)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
         p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
         p.add_argument("--folds", type=int, default=0, metavar="K",
-                       help="K experiments per (variant, seed), fold 0..K-1 of that seed's split as test")
-        p.add_argument("--target", default="evaluate", help="pipeline stage to run up to")
+                       help="cross-validate each (variant, seed): one run of cv/dvc.yaml over K folds")
+        p.add_argument("--target", default="evaluate", help="pipeline stage to run up to (without --folds)")
         p.add_argument("--set", dest="extra", action="append", default=["evaluate.bootstrap=0"],
                        metavar="KEY=VALUE", help="override for every run (default: evaluate.bootstrap=0, "
                        "as the table reports the spread over seeds instead)")

@@ -1,5 +1,5 @@
-"""Two more questions asked of a cross-validation's fold models (the output folder of ``bench/sweep.py
---folds K``, e.g. ``make real-cpu-cv``'s ``cv/``), without training anything new.
+"""Two more questions asked of a cross-validation's fold models (the ``cv/`` folder that ``cv/dvc.yaml``
+fills, e.g. by ``make real-cpu-cv``, run with the settings in ``params.yaml``), without training anything new.
 
 ``resolution``: does scoring each fold's model at a larger input than it trained at help (the
 "train-test resolution discrepancy" of random-zoom augmentation)? Each fold's val and test photos are
@@ -17,8 +17,8 @@ pooling (the fold models' scales differ), alone and averaged with the fine-tuned
 ridge's grades come from QWK cut-points tuned on that search's out-of-fold predictions of the
 training photos, and their pooled QWK is printed beside the fine-tuned folds' own.
 
-    python bench/cv_rescore.py resolution --cv-dir cv --cache-size 640 --sizes 448 512 576 640
-    python bench/cv_rescore.py probe --cv-dir cv --size 384 --size 768
+    python -m research.cv_rescore resolution --cv-dir cv --cache-size 640 --sizes 448 512 576 640
+    python -m research.cv_rescore probe --cv-dir cv --size 384 --size 768
 """
 from __future__ import annotations
 
@@ -31,57 +31,48 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import rankdata
+from tqdm.auto import tqdm
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from scipy.stats import rankdata  # noqa: E402
-from sweep import data_key  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+from dr_core.config import ConfigError, Params, load_params
+from dr_core.evaluation.crossval import read_folds
+from dr_core.evaluation.cutpoints import apply_cutpoints, decide_grades, optimize_cutpoints
+from dr_core.evaluation.evaluate import load_raw_images
+from dr_core.evaluation.eyes import fellow_eye_predictions
+from dr_core.evaluation.inference import predict_probs
+from dr_core.evaluation.metrics import binary_auc, quadratic_weighted_kappa, referable_score
+from dr_core.evaluation.report import choose_cutpoints
+from dr_core.models.backbone import build_model, normalisation
+from dr_core.models.checkpoint import load_checkpoint
 
-from dr_core.models.checkpoint import load_checkpoint  # noqa: E402
-from dr_core.config import Params, params_from_dict  # noqa: E402
-from dr_core.evaluation.crossval import read_folds  # noqa: E402
-from dr_core.evaluation.cutpoints import apply_cutpoints, decide_grades, optimize_cutpoints  # noqa: E402
-from dr_core.evaluation.evaluate import load_raw_images  # noqa: E402
-from dr_core.evaluation.eyes import fellow_eye_predictions  # noqa: E402
-from dr_core.evaluation.inference import predict_probs  # noqa: E402
-from dr_core.evaluation.metrics import binary_auc, quadratic_weighted_kappa, referable_score  # noqa: E402
-from dr_core.models.backbone import build_model, normalisation  # noqa: E402
-from dr_core.config.presets import flatten  # noqa: E402
-from dr_core.evaluation.report import choose_cutpoints  # noqa: E402
-
-log = logging.getLogger("cv_rescore")
+log = logging.getLogger(__name__)
 
 
-def fold_runs(cv_dir: Path, variant: str, seed: int) -> list[dict[str, Any]]:
-    """The finished folds of (variant, seed) in a sweep folder: fold, params, model and split CSVs."""
+def fold_runs(cv_dir: Path, params: Params) -> list[dict[str, Any]]:
+    """The finished folds of ``params.cv.folds`` in ``cv_dir``, laid out as cv/dvc.yaml writes them:
+    ``fold<k>/split`` (the split CSVs), ``fold<k>/models/best_model.pth`` and ``results/fold<k>/``."""
     folds = []
-    for run in sorted((cv_dir / "runs").glob(f"{variant}-s{seed}-f*")):
-        params_yaml = yaml.safe_load((run / "params.yaml").read_text())
-        data = cv_dir / "data" / data_key(flatten(params_yaml))
-        model = run / "models" / "best_model.pth"
-        if not (model.exists() and (run / "results" / "predictions.csv").exists()):
-            log.warning("%s: no model or predictions, skipped (an unfinished fold)", run)
+    for k in params.cv.folds:
+        fold_dir, results = cv_dir / f"fold{k}", cv_dir / "results" / f"fold{k}"
+        model = fold_dir / "models" / "best_model.pth"
+        if not (model.exists() and (results / "predictions.csv").exists()):
+            log.warning("%s: no model or predictions, skipped (an unfinished fold)", fold_dir)
             continue
-        if not (data / "split" / "test.csv").exists():
-            raise FileNotFoundError(f"{run}: its split folder {data / 'split'} is missing; was {cv_dir} moved "
-                                    f"from another checkout? Re-run bench/sweep.py --folds with --out-dir {cv_dir}")
-        folds.append({"fold": int(params_yaml["split"]["fold"]), "run": run, "data": data, "model": model,
-                      "params": params_from_dict(params_yaml)})
+        if not (fold_dir / "split" / "test.csv").exists():
+            raise FileNotFoundError(f"{fold_dir / 'split'}: no split CSVs; `dvc checkout cv/dvc.yaml` restores them")
+        folds.append({"fold": k, "split": fold_dir / "split", "results": results, "model": model, "params": params})
     if not folds:
-        raise FileNotFoundError(f"no finished folds named {variant}-s{seed}-f<k> under {cv_dir / 'runs'}; "
-                                f"run python bench/sweep.py --variants {variant} --seeds {seed} --folds 5 "
-                                f"--out-dir {cv_dir}")
-    return sorted(folds, key=lambda f: f["fold"])
+        raise FileNotFoundError(f"no finished folds of cv.folds {list(params.cv.folds)} under {cv_dir}; run "
+                                "`dvc repro cv/dvc.yaml` (or `make real-cpu-cv`) first")
+    return folds
 
 
 def _split_images(fold: dict[str, Any], split: str, cache_size: int) -> tuple[pd.DataFrame, np.ndarray]:
     params: Params = fold["params"]
-    table = pd.read_csv(fold["data"] / "split" / f"{split}.csv")
+    table = pd.read_csv(fold["split"] / f"{split}.csv")
     pre = dataclasses.replace(params.preprocess, cache_size=cache_size)
     return table, load_raw_images(table["file"].tolist(), Path(params.data.img_dir), pre)
 
@@ -208,10 +199,10 @@ def probe(folds: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
     the fine-tuned fold models (their blended and own referable scores from ``predictions.csv``)."""
     params: Params = folds[0]["params"]
     ref_grade = params.evaluate.referable_grade
-    tested = read_folds([f["run"] / "results" / "predictions.csv" for f in folds])
+    tested = read_folds([f["results"] / "predictions.csv" for f in folds])
     fold = np.array([folds[k]["fold"] for k in tested["fold"]])  # read_folds numbers the files 0, 1, ...
     # every fold splits the same photos (one seed): train, val and test of the first are all of them
-    photos = pd.concat([pd.read_csv(folds[0]["data"] / "split" / f"{s}.csv", dtype={"id": str, "patient": str})
+    photos = pd.concat([pd.read_csv(folds[0]["split"] / f"{s}.csv", dtype={"id": str, "patient": str})
                         for s in ("train", "val", "test")], ignore_index=True)
     start = time.time()
     images = load_raw_images(photos["file"].tolist(), Path(params.data.img_dir),
@@ -267,9 +258,8 @@ def probe_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("check", choices=["resolution", "probe"])
-    parser.add_argument("--cv-dir", type=Path, default=Path("cv"), help="bench/sweep.py --folds output folder")
-    parser.add_argument("--variant", default="preset")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--cv-dir", type=Path, default=Path("cv"), help="the folder cv/dvc.yaml fills")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the settings it ran with")
     parser.add_argument("--cache-size", type=int, default=640, help="resolution: photos preprocessed at this size")
     parser.add_argument("--sizes", type=int, nargs="+", default=[448, 512, 576, 640], help="resolution: input sizes")
     parser.add_argument("--size", type=int, action="append", help="probe: feature resolution (repeatable; 384)")
@@ -280,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check == "resolution" and too_big:
         parser.error(f"--sizes {too_big} exceed --cache-size {args.cache_size}: photos would be upsampled")
     try:
-        folds = fold_runs(args.cv_dir, args.variant, args.seed)
-    except FileNotFoundError as e:
+        folds = fold_runs(args.cv_dir, load_params(args.params))
+    except (ConfigError, FileNotFoundError) as e:
         parser.error(str(e))
     if args.check == "resolution":
         rows = resolution(folds, args.cache_size, args.sizes)

@@ -1,45 +1,100 @@
 """A learning curve from cross-validations run at several training shares: would more photos help?
 
-Each point is a ``bench/sweep.py --folds K --json ROWS`` output of the same variant, seed and folds,
-run with ``--set split.train_fraction=F`` (val and test unchanged, so fold k tests the same photos
-at every share). Prints, per share, the pooled out-of-fold AUC and QWK with their patient-bootstrap
+Each point is a DVC experiment of the cross-validation pipeline ``cv/dvc.yaml`` run with another
+``split.train_fraction`` (val and test unchanged, so fold k tests the same photos at every share),
+queued as one grid named ``lc`` (DVC names its runs ``lc-1``, ``lc-2``, ...)::
+
+    dvc exp run --queue cv/dvc.yaml -n lc $(python -m dr_core.cli.presets presets/real-cpu.yaml --absolute) \\
+        -S split.train_fraction=0.25,0.5,1.0
+    dvc queue start -j 1                  # wait until `dvc queue status` shows no Queued or Running
+    python -m research.learning_curve --name lc --train-photos 430 --png docs/learning_curve.png
+
+The runs and their ``split.train_fraction`` come from ``dvc exp show --json``; each run's
+``cv/metrics.json`` is read from its experiment commit (``dvc exp show`` leaves out the per-fold
+lists). Prints, per share, the pooled out-of-fold AUC and QWK with their patient-bootstrap
 intervals and the fold-by-fold change against the largest share; fits each figure against log2 of
 the training photos and says at how many photos the fit would reach a target. With ``--png`` it
 draws both curves.
-
-    python bench/learning_curve.py 0.25=docs/sweep_cv_train0.25.json 0.5=docs/sweep_cv_train0.5.json \\
-        1=docs/sweep_cv.json --train-photos 430 --png docs/learning_curve.png
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dr_core.config.presets import flatten
+
+CV_METRICS = "cv/metrics.json"
+SHARE = "split.train_fraction"
 FIGURES = (("referable_auc", "auc", "referable AUC"), ("qwk", "qwk", "QWK (cut-points)"))
 
 
-def load_point(spec: str, variant: str, seed: int) -> dict[str, Any]:
-    """``FRACTION=ROWS.json``: the share and its fold rows and out-of-fold row for (variant, seed)."""
-    fraction, _, path = spec.partition("=")
-    try:
-        share = float(fraction)
-    except ValueError:
-        share = -1.0
-    if not path or not 0.0 < share <= 1.0:
-        raise ValueError(f"{spec!r}: expected FRACTION=ROWS.json with a fraction in (0, 1], e.g. 0.5=lc0.5/rows.json")
-    rows = json.loads(Path(path).read_text())
-    mine = [r for r in rows if r.get("variant") == variant and r.get("seed") == seed and r.get("rc") == 0]
-    pooled = [r for r in mine if r.get("kind") == "out_of_fold"]
-    folds = {r["fold"]: r for r in mine if r.get("fold") is not None}
-    if not pooled:
-        raise ValueError(f"{path}: no out_of_fold row for {variant} seed {seed}; was it a finished "
-                         f"bench/sweep.py --folds run of that variant and seed?")
-    return {"share": share, "pooled": pooled[-1], "folds": folds}
+def exp_show() -> list[dict[str, Any]]:
+    """Parsed ``dvc exp show --json`` of the current commit's experiments."""
+    out = subprocess.run(["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def read_cv_metrics(rev: str) -> dict[str, Any]:
+    """``cv/metrics.json`` as the experiment commit ``rev`` holds it."""
+    import dvc.api
+
+    return json.loads(dvc.api.read(CV_METRICS, rev=rev))
+
+
+def load_points(shown: list[dict[str, Any]], name: str,
+                read: Callable[[str], dict[str, Any]] = read_cv_metrics) -> list[dict[str, Any]]:
+    """The finished experiments ``<name>-<n>`` of parsed ``dvc exp show --json``: per experiment its
+    share, its pooled out-of-fold figures and its folds' ``{fold: {"auc", "qwk", "val_auc"}}``
+    (``read`` gives an experiment's ``cv/metrics.json`` from its commit).
+
+    Raises:
+        ValueError: none found, one lacks ``cv/metrics.json``, two share a training share, or they
+            differ in a setting other than the share (not points of one curve).
+    """
+    pattern = re.compile(rf"^{re.escape(name)}-\d+$")
+    points, settings = [], {}
+    for row in shown:
+        for exp in row.get("experiments") or []:
+            state = (exp.get("executor") or {}).get("state")
+            for rev in exp.get("revs", []):
+                label = rev.get("name") or exp.get("name") or ""
+                if not pattern.match(label) or rev.get("error") or state not in (None, "success"):
+                    continue  # another experiment, or failed, queued or running (`dvc queue logs <name>`)
+                data = rev.get("data") or {}
+                params = flatten(data.get("params", {}).get("params.yaml", {}).get("data", {}))
+                try:
+                    pooled = read(rev["rev"])
+                except FileNotFoundError:
+                    pooled = {}
+                if "folds" not in pooled or SHARE not in params:
+                    raise ValueError(f"experiment {label}: no {CV_METRICS} with per-fold figures; was it a run "
+                                     "of cv/dvc.yaml?")
+                folds = pooled["folds"]
+                points.append({"name": label, "share": float(params.pop(SHARE)), "pooled": pooled,
+                               "folds": {k: {"auc": a, "qwk": q, "val_auc": v} for k, (a, q, v) in enumerate(
+                                   zip(folds["referable_auc"], folds["qwk"], folds["val_referable_auc"]))}})
+                settings[label] = params
+    if not points:
+        raise ValueError(f"no finished experiment named {name}-<n>; queue them with `dvc exp run --queue "
+                         f"cv/dvc.yaml -n {name} -S {SHARE}=0.25,0.5,1.0` and `dvc queue start`")
+    shares = [p["share"] for p in points]
+    if len(set(shares)) != len(shares):
+        raise ValueError(f"each training share may be given once; {name}-<n> has {sorted(shares)}")
+    first, *rest = settings
+    for label in rest:
+        differ = sorted(k for k in settings[first].keys() | settings[label].keys()
+                        if settings[first].get(k) != settings[label].get(k))
+        if differ:
+            raise ValueError(f"experiments {first} and {label} differ in {', '.join(differ)}, not only in {SHARE}")
+    return points
 
 
 def fit_log2(shares: np.ndarray, values: np.ndarray) -> tuple[float, float]:
@@ -154,9 +209,7 @@ def plot(result: dict[str, Any], train_photos: float | None, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("points", nargs="+", help="FRACTION=ROWS.json, one per training share")
-    parser.add_argument("--variant", default="preset")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--name", default="lc", help="the experiments <name>-1, <name>-2, ... (dvc exp run -n)")
     parser.add_argument("--train-photos", type=float, help="training photos per fold at share 1 (labels only)")
     parser.add_argument("--target-auc", type=float, default=0.85)
     parser.add_argument("--target-qwk", type=float, default=0.60)
@@ -164,11 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows and fits here")
     args = parser.parse_args(argv)
     try:
-        points = [load_point(p, args.variant, args.seed) for p in args.points]
-    except (ValueError, OSError) as e:
+        points = load_points(exp_show(), args.name, read_cv_metrics)
+    except ValueError as e:
         parser.error(str(e))
-    if len({p["share"] for p in points}) != len(points):
-        parser.error("each training share may be given once")
     result = curve(points, {"referable_auc": args.target_auc, "qwk": args.target_qwk})
     print(table(result, args.train_photos))
     if args.png:
