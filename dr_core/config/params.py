@@ -333,6 +333,10 @@ class _PartialSection:
             raise _undeclared(self._stage, f"{self._name}.{key}")
         return getattr(self._section, key)
 
+    def validate(self) -> None:
+        """Range checks of the whole section: they only refuse bad values, the output depends on none of them."""
+        self._section.validate()
+
     def to_dict(self) -> dict[str, Any]:
         return {key: getattr(self._section, key) for key in sorted(self._keys)}
 
