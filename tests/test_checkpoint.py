@@ -112,3 +112,17 @@ def test_class_names_shorter_than_the_classes_are_refused_on_save_and_load(tmp_p
     _write_raw(tmp_path / "m.pth", model, short.to_dict())
     with pytest.raises(CheckpointError, match=r"m.pth: .*'class_names' must be 5 names .*one name per class"):
         load_checkpoint(tmp_path / "m.pth")
+
+
+def test_checkpoints_are_written_through_the_atomic_writer(tmp_path, monkeypatch):
+    """Two trainers writing one name never share a temporary file (dr_core.runtime.io.write_atomic)."""
+    import timm
+
+    import dr_core.models.checkpoint as checkpoint
+    from dr_core.runtime.io import write_atomic
+
+    used = []
+    monkeypatch.setattr(checkpoint, "write_atomic", lambda path, write: used.append(path) or write_atomic(path, write))
+    save_checkpoint(tmp_path / "m.pth", timm.create_model("resnet10t", num_classes=5),
+                    _meta(head="classification", global_pool="avg"))
+    assert used == [tmp_path / "m.pth"] and sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]

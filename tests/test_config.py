@@ -103,3 +103,26 @@ def test_a_stage_reports_a_settings_error_in_one_line(tmp_path):
                           str(tmp_path / "params.yaml")], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 2
     assert "unknown key 'train.los'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_change_to_a_stages_settings_while_it_runs_is_named(tmp_path):
+    from dr_core.config.drift import ParamsChangedError, check_params_unchanged
+    from stages.train import PARAMS
+
+    path = tmp_path / "params.yaml"
+    raw = yaml.safe_load(committed_text("params.yaml"))
+    path.write_text(yaml.safe_dump(raw))
+    started = load_params(path).only(PARAMS, "train").to_dict()
+    check_params_unchanged(path, PARAMS, "train", started)
+    raw["data"]["labels_csv"], raw["evaluate"]["bootstrap"] = "elsewhere.csv", 7  # not the train stage's
+    path.write_text(yaml.safe_dump(raw))
+    check_params_unchanged(path, PARAMS, "train", started)
+    epochs, raw["train"]["epochs_stage2"], raw["train"]["loss"] = raw["train"]["epochs_stage2"], 99, "ordinal"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsChangedError, match=rf"params.yaml changed while the train stage ran \(another `dvc exp "
+                                                 rf"run` in this workspace\?\): train.epochs_stage2: {epochs} -> 99; "
+                                                 r"train.loss: '\w+' -> 'ordinal'\..*dvc exp run --queue"):
+        check_params_unchanged(path, PARAMS, "train", started)
+    path.write_text("train: [half written")
+    with pytest.raises(ParamsChangedError, match="no longer loads"):
+        check_params_unchanged(path, PARAMS, "train", started)
