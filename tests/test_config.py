@@ -14,7 +14,7 @@ def test_repository_params_load_and_validate():
 
 
 def test_tests_read_the_committed_params_not_the_workspace(tmp_path):
-    """`make real-cpu` leaves its preset in params.yaml; the suite must still see the committed file."""
+    """`dvc exp run -S ...` leaves its settings in params.yaml; the suite must still see the committed file."""
     import subprocess
 
     run = lambda *args: subprocess.run(args, cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
