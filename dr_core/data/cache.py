@@ -22,13 +22,13 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from dr_core.config import PreprocessConfig
 from dr_core.data.contact_sheet import make_contact_sheet
 from dr_core.runtime.io import write_atomic
 from dr_core.runtime.workers import pool_context, resolve_workers
 from dr_core.data.preprocess import preprocess_file, read_fundus
+from dr_core.runtime.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def write_split(npy: Path, paths: list[Path], size: int, imap: Imap, desc: str =
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
         try:
             tasks = [(i, str(p)) for i, p in enumerate(paths)]
-            for n, (index, image) in enumerate(tqdm(imap(tasks), total=len(tasks), desc=desc, unit="img",
+            for n, (index, image) in enumerate(progress(imap(tasks), total=len(tasks), desc=desc, unit="img",
                                                     mininterval=1.0), start=1):
                 array[index] = image
                 if n % FLUSH_EVERY == 0:
