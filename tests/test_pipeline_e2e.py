@@ -80,6 +80,23 @@ def test_repro_writes_every_output(project):
     assert "up to date" in status
 
 
+def test_a_forced_rerun_changes_nothing(project):
+    """No timing or other run-dependent value lands in a tracked output: `dvc repro -f` on the same
+    machine rewrites every output byte for byte, so dvc.lock, git status and dvc metrics diff stay clean."""
+    _run(["dvc", "repro", "-f"], project)
+    assert _run(["git", "status", "--porcelain"], project, stdout_only=True) == ""
+    assert json.loads(_run(["dvc", "metrics", "diff", "--json"], project, stdout_only=True) or "{}") == {}
+
+
+def test_export_writes_a_checked_onnx_model_and_a_model_card(project):
+    check = json.loads((project / "export" / "check.json").read_text())
+    assert check["n_images"] > 0 and check["max_abs_diff"] <= 1e-4
+    card = (project / "results" / "MODEL_CARD.md").read_text()
+    assert "Not a medical device" in card and "## Operating point" in card
+    listed = _run(["dvc", "ls", "--dvc-only", "-R", ".", "export"], project, stdout_only=True)
+    assert "model.onnx" in listed
+
+
 def test_experiment_reruns_only_train_and_evaluate(project):
     out = _run(["dvc", "exp", "run", "-S", "train.loss=focal"], project)
     for stage in ("demo", "split", "preprocess"):

@@ -119,3 +119,24 @@ def test_a_second_writer_of_a_locked_folder_stops_at_once_naming_the_holder(tmp_
     with exclusive_folder(folder) as lock:
         assert lock.read_text().strip() == str(os.getpid())
     assert lock.read_text() == ""  # released: the next holder writes its own PID
+
+
+def test_progress_off_a_terminal_logs_a_few_lines_not_a_redraw_per_item(caplog, monkeypatch) -> None:
+    """In a log file or a dvc queue worker, 1,000 items give about ten lines, each with the count."""
+    import io
+    import logging
+
+    from dr_core.runtime.progress import LoggedProgress, progress
+
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal
+    with caplog.at_level(logging.INFO, logger="dr_core.progress"):
+        bar = progress(range(1000), desc="checking images", unit="img")
+        assert isinstance(bar, LoggedProgress)
+        assert sum(1 for _ in bar) == 1000
+    lines = [r.getMessage() for r in caplog.records if r.name == "dr_core.progress"]
+    assert 5 <= len(lines) <= 11, lines
+    assert lines[-1].startswith("checking images: 1000/1000 img (100%)")
+    with progress(total=4, desc="demo images") as manual:
+        for _ in range(4):
+            manual.update()
+    assert caplog.records[-1].getMessage().startswith("demo images: 4/4")

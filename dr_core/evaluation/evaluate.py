@@ -30,6 +30,7 @@ from dr_core.evaluation.inference import predict_probs
 from dr_core.evaluation.predictions import Decision, Predictions
 from dr_core.models.checkpoint import CheckpointMeta, load_checkpoint
 from dr_core.evaluation.report import OUTPUT_FILES, choose_cutpoints, choose_threshold, write_evaluation
+from dr_core.runtime.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,11 @@ def _predict(model: torch.nn.Module, images: np.ndarray, meta: CheckpointMeta, p
 
 def load_raw_images(files: list[str], img_dir: Path, preprocess: PreprocessConfig) -> np.ndarray:
     """Read and preprocess raw photos exactly as the cache was built for the checkpoint."""
-    from tqdm.auto import tqdm
-
     from dr_core.data.preprocess import preprocess_file
 
     size = preprocess.cache_size
     out = np.zeros((len(files), size, size, 3), np.uint8)
-    for i, file in enumerate(tqdm(files, desc="preprocess", leave=False)):
+    for i, file in enumerate(progress(files, desc="preprocess", unit="img", leave=False)):
         out[i] = preprocess_file(img_dir / file, preprocess)
     return out
 
