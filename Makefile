@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: repro test test-fast bench real-cpu real-cpu-cv ablation clean-venv chromium vendor-plots
 
-REAL_DATA := ../shared/data/eyepacs-dev
+REAL_DATA ?= ../shared/data/eyepacs-dev
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || (echo "drgrade: $(PYTHON) not found; install Python 3.11" >&2; exit 1)
@@ -23,11 +23,21 @@ repro: $(STAMP)
 	@test -d .git || (echo "drgrade: not a git repository; clone the project with git" >&2; exit 1)
 	$(BIN)/dvc repro
 
-# The real-photo preset (presets/real-cpu.yaml) as a DVC experiment in the workspace: 13-20 min on 2
-# CPU cores; leaves models/best_model.pth and results/ like `make repro`.
+# The real-photo preset as the named DVC experiment `real-cpu`, run with `dvc exp run --temp` in a copy of the
+# workspace, so params.yaml, models/ and results/ stay as they were: 13-20 min on 2 CPU cores. Its model and
+# results are then copied to runs/real-cpu/ (`dvc get` from the experiment); `dvc exp show` lists it beside the
+# others and `dvc exp apply real-cpu` would bring it into the workspace. A rerun on the same commit replaces it.
+PRESET ?= presets/real-cpu.yaml
 real-cpu: $(STAMP)
-	@test -f $(REAL_DATA)/labels.csv || (echo "drgrade: $(REAL_DATA)/labels.csv not found; edit data.* in presets/real-cpu.yaml" >&2; exit 1)
-	$(BIN)/dvc exp run evaluate $$($(BIN)/python -m dr_core.cli.presets presets/real-cpu.yaml)
+	@test -f $(REAL_DATA)/labels.csv || (echo "drgrade: $(REAL_DATA)/labels.csv not found; edit data.* in $(PRESET)" >&2; exit 1)
+	set -e; ref=refs/exps/$$(git rev-parse HEAD | sed 's|^..|&/|')/real-cpu; \
+	if git show-ref -q --verify $$ref; then $(BIN)/dvc exp remove $$ref; fi; \
+	overrides=$$($(BIN)/python -m dr_core.cli.presets $(PRESET) --absolute); \
+	$(BIN)/dvc exp run --temp --name real-cpu evaluate $$overrides; \
+	rm -rf runs/real-cpu; \
+	$(BIN)/dvc get . models/best_model.pth --rev $$ref -o runs/real-cpu/best_model.pth; \
+	$(BIN)/dvc get . results --rev $$ref -o runs/real-cpu/results; \
+	echo "drgrade: experiment real-cpu ($$ref); its model and results in runs/real-cpu/"
 
 # The same preset cross-validated by cv/dvc.yaml: five patient-level folds, each photo tested once, the
 # folds' predictions pooled into cv/metrics.json and cv/cv.md; five trainings, about 70 min on 2 CPU cores.

@@ -75,7 +75,6 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
 }
 NAME = re.compile(r"^abl-(?P<variant>.+)-s(?P<seed>\d+)(?:-cv(?P<folds>\d+))?$")
 METRICS = "results/metrics.json"
-TRAIN_METRICS = "dvclive/train/metrics.json"
 CV_PIPELINE = "cv/dvc.yaml"
 CV_METRICS = "cv/metrics.json"
 
@@ -174,7 +173,6 @@ def collect(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
                 test = test if folds else test.get("test")
                 if not test:
                     continue
-                train = {} if folds else metrics.get(TRAIN_METRICS, {}).get("data", {})
                 key = (match["variant"], int(match["seed"]), folds)
                 stamp = data.get("timestamp") or ""
                 if key in runs and runs[key][0] >= stamp:
@@ -183,7 +181,7 @@ def collect(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
                     "seed": key[1], **({"folds": folds} if folds else {}),
                     "qwk": test.get("qwk"), "qwk_argmax": test.get("qwk_argmax"),
                     "auc": test.get("referable_auc"), "sens": test.get("referable_sensitivity"),
-                    "spec": test.get("referable_specificity"), "seconds": train.get("train_seconds")})
+                    "spec": test.get("referable_specificity")})
     out: dict[str, list[dict[str, float]]] = {}
     for (variant, _, _), (_, run) in sorted(runs.items()):
         out.setdefault(variant, []).append(run)
@@ -204,18 +202,16 @@ def mean_sd(values: list[float | None]) -> str:
 
 def table(results: dict[str, list[dict[str, float]]]) -> str:
     lines = ["| variant | change from the preset | runs | QWK (cut-points) | QWK (argmax) | referable AUC "
-             "| sensitivity | specificity | train time (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| sensitivity | specificity |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, (_, what) in VARIANTS.items():
         mine = results.get(name, [])
         for folds in sorted({r.get("folds", 0) for r in mine}):  # single splits, then each fold count
             runs = sorted((r for r in mine if r.get("folds", 0) == folds), key=lambda r: r["seed"])
-            secs = [r["seconds"] for r in runs if r["seconds"] is not None]
-            seconds = f"{sum(secs) / len(secs):.0f}" if secs else "n/a"
             count = f"{len(runs)} ({folds}-fold, pooled)" if folds else str(len(runs))
             lines.append(f"| {name} | {what} | {count} | {mean_sd([r['qwk'] for r in runs])} | "
                          f"{mean_sd([r['qwk_argmax'] for r in runs])} | {mean_sd([r['auc'] for r in runs])} | "
-                         f"{mean_sd([r['sens'] for r in runs])} | {mean_sd([r['spec'] for r in runs])} | {seconds} |")
+                         f"{mean_sd([r['sens'] for r in runs])} | {mean_sd([r['spec'] for r in runs])} |")
     return "\n".join(lines) + ("\n\nmean ± standard deviation over seeds (each seed tests its own patients; "
                                 "k-fold, pooled: every photo tested once, out of fold)\n")
 

@@ -6,13 +6,18 @@ import sys
 from typing import Callable, NoReturn
 
 from dr_core.config import ConfigError
+from dr_core.runtime.lock import FolderLocked
 
 
 def run(main: Callable[[], int | None]) -> NoReturn:
-    """Run a stage's ``main``; a settings error is one line on stderr (exit 2), not a traceback."""
+    """Run a stage's ``main``; a settings error (exit 2) or a folder another process is writing (exit 3)
+    is one line on stderr, not a traceback."""
     try:
         code = main()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         code = 2
+    except FolderLocked as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 3
     sys.exit(code or 0)

@@ -6,6 +6,7 @@ With ``train.nproc_per_node > 1`` it relaunches itself under
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from stages import run
 from dr_core.config import load_params
+from dr_core.config.drift import check_params_unchanged
 from dr_core.training.fit import fit
 from dr_core.runtime.logs import setup_logging
 
@@ -37,7 +39,9 @@ def main() -> int:
                "-m", "stages.train", *sys.argv[1:]]
         logging.getLogger("stages.train").info("launching: %s", " ".join(cmd))
         return subprocess.call(cmd)
-    fit(args.cache_dir, args.save_dir, args.live_dir, params)
+    # stop rather than write outputs that params.yaml no longer describes (another `dvc exp run` here)
+    check = functools.partial(check_params_unchanged, args.params, PARAMS, "train", params.to_dict())
+    fit(args.cache_dir, args.save_dir, args.live_dir, params, check)
     return 0
 
 

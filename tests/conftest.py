@@ -17,7 +17,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def committed_text(rel: str, root: Path = REPO) -> str:
     """A file as committed at HEAD, not as the workspace has it.
 
-    Tests must pass whatever the user ran: ``make real-cpu`` or ``dvc exp run -S ...`` leave their settings
+    Tests must pass whatever the user ran: ``dvc exp run -S ...`` in the workspace leaves its settings
     in the workspace's params.yaml. Outside a git checkout (an unpacked archive) the file itself is read.
     """
     out = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=root, capture_output=True, text=True)

@@ -73,3 +73,56 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "weights.pth")
     with pytest.raises(CheckpointError, match="not a drgrade checkpoint.*model.pretrained_file"):
         read_meta(tmp_path / "weights.pth")
+
+
+def _write_raw(path, model, meta: dict) -> None:
+    """A checkpoint file as another tool (or a hand edit) might leave it: no checks on the way."""
+    torch.save({"format": 1, "meta": meta, "model": model.state_dict(), "train_state": {}}, path)
+
+
+def test_weights_of_another_architecture_are_a_checkpoint_error_with_the_fix(tmp_path):
+    import timm
+
+    _write_raw(tmp_path / "m.pth", timm.create_model("resnet18", num_classes=5),
+               _meta(head="classification", global_pool="avg").to_dict())
+    with pytest.raises(CheckpointError, match=r"m.pth: the weights do not fit model.name=resnet10t .*missing.*"
+                                              r"unexpected.*trained with another model\? Retrain"):
+        load_checkpoint(tmp_path / "m.pth")
+
+
+def test_a_meta_with_fewer_classes_than_the_weights_is_a_checkpoint_error(tmp_path):
+    import timm
+
+    meta = _meta(head="classification", global_pool="avg", num_classes=3, class_names=GRADE_NAMES[:3],
+                 referable_grade=2)
+    _write_raw(tmp_path / "m.pth", timm.create_model("resnet10t", num_classes=5), meta.to_dict())
+    with pytest.raises(CheckpointError, match=r"classifier has 5 output\(s\), but the meta describes 3 classes"
+                                              r".*re-save the checkpoint with the num_classes"):
+        load_checkpoint(tmp_path / "m.pth")
+
+
+def test_class_names_shorter_than_the_classes_are_refused_on_save_and_load(tmp_path):
+    import timm
+
+    model = timm.create_model("resnet10t", num_classes=5)
+    short = _meta(head="classification", global_pool="avg", class_names=GRADE_NAMES[:3])
+    with pytest.raises(CheckpointError, match=r"'class_names' must be 5 names .*re-save the checkpoint"):
+        save_checkpoint(tmp_path / "m.pth", model, short)
+    assert not (tmp_path / "m.pth").exists()
+    _write_raw(tmp_path / "m.pth", model, short.to_dict())
+    with pytest.raises(CheckpointError, match=r"m.pth: .*'class_names' must be 5 names .*one name per class"):
+        load_checkpoint(tmp_path / "m.pth")
+
+
+def test_checkpoints_are_written_through_the_atomic_writer(tmp_path, monkeypatch):
+    """Two trainers writing one name never share a temporary file (dr_core.runtime.io.write_atomic)."""
+    import timm
+
+    import dr_core.models.checkpoint as checkpoint
+    from dr_core.runtime.io import write_atomic
+
+    used = []
+    monkeypatch.setattr(checkpoint, "write_atomic", lambda path, write: used.append(path) or write_atomic(path, write))
+    save_checkpoint(tmp_path / "m.pth", timm.create_model("resnet10t", num_classes=5),
+                    _meta(head="classification", global_pool="avg"))
+    assert used == [tmp_path / "m.pth"] and sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]

@@ -14,7 +14,7 @@ def test_repository_params_load_and_validate():
 
 
 def test_tests_read_the_committed_params_not_the_workspace(tmp_path):
-    """`make real-cpu` leaves its preset in params.yaml; the suite must still see the committed file."""
+    """`dvc exp run -S ...` leaves its settings in params.yaml; the suite must still see the committed file."""
     import subprocess
 
     run = lambda *args: subprocess.run(args, cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
@@ -116,3 +116,26 @@ def test_a_cross_validation_fold_sets_the_split_from_cv_folds():
     assert params.split.folds == 0  # the main pipeline's split is left alone
     with pytest.raises(ConfigError, match=r"cross-validation fold 3 .*split.fold: got 3, expected a fold in 0..2"):
         fold_params(params, 3)
+
+
+def test_a_change_to_a_stages_settings_while_it_runs_is_named(tmp_path):
+    from dr_core.config.drift import ParamsChangedError, check_params_unchanged
+    from stages.train import PARAMS
+
+    path = tmp_path / "params.yaml"
+    raw = yaml.safe_load(committed_text("params.yaml"))
+    path.write_text(yaml.safe_dump(raw))
+    started = load_params(path).only(PARAMS, "train").to_dict()
+    check_params_unchanged(path, PARAMS, "train", started)
+    raw["data"]["labels_csv"], raw["evaluate"]["bootstrap"] = "elsewhere.csv", 7  # not the train stage's
+    path.write_text(yaml.safe_dump(raw))
+    check_params_unchanged(path, PARAMS, "train", started)
+    epochs, raw["train"]["epochs_stage2"], raw["train"]["loss"] = raw["train"]["epochs_stage2"], 99, "ordinal"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsChangedError, match=rf"params.yaml changed while the train stage ran \(another `dvc exp "
+                                                 rf"run` in this workspace\?\): train.epochs_stage2: {epochs} -> 99; "
+                                                 r"train.loss: '\w+' -> 'ordinal'\..*dvc exp run --queue"):
+        check_params_unchanged(path, PARAMS, "train", started)
+    path.write_text("train: [half written")
+    with pytest.raises(ParamsChangedError, match="no longer loads"):
+        check_params_unchanged(path, PARAMS, "train", started)

@@ -79,3 +79,46 @@ def test_evaluate_cli_refuses_a_bad_fellow_eye_scope_naming_the_file(folder, tmp
                "--operating-point", str(root / "operating_point.json"), "--params", str(root / "none.yaml")])
     assert rc == 1
     assert "operating_point.json: fellow_eye_weight 0.2 / fellow_eye_scope 'grades'" in capsys.readouterr().err
+
+
+def _main(root: Path, images: Path, out: Path, *extra: str) -> int:
+    return main(["--labels-csv", str(root / "labels.csv"), "--img-dir", str(images),
+                 "--model-path", str(root / "best_model.pth"), "--output-dir", str(out), "--threshold", "0.3",
+                 "--params", str(root / "none.yaml"), "--device", "cpu", *extra])
+
+
+def test_evaluate_cli_keeps_a_users_files_unless_forced(folder, tmp_path: Path, capsys) -> None:
+    root, images = folder
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"mine": 1}')
+    (out / "notes.txt").write_text("keep me")
+    assert _main(root, images, out) == 1
+    err = capsys.readouterr().err
+    assert f"--output-dir {out} holds 2 file(s) that python -m dr_core.evaluate did not write there" in err
+    assert "it would replace metrics.json; it also holds notes.txt" in err and "--force" in err
+    assert (out / "metrics.json").read_text() == '{"mine": 1}' and sorted(p.name for p in out.iterdir()) == [
+        "metrics.json", "notes.txt"]
+    assert _main(root, images, out, "--force") == 0
+    assert "external" in json.loads((out / "metrics.json").read_text())
+    assert (out / "notes.txt").read_text() == "keep me"  # not the tool's: left alone, and still not its own
+    assert _main(root, images, out) == 1
+    assert "holds 1 file(s)" in capsys.readouterr().err
+    (out / "notes.txt").unlink()
+    assert _main(root, images, out) == 0  # only its own files (.drgrade-outputs.json lists them)
+
+
+def test_evaluate_cli_never_writes_among_or_over_its_inputs(folder, tmp_path: Path, capsys) -> None:
+    root, images = folder
+    for out in (images, images / "results"):
+        assert _main(root, images, out) == 1
+        assert f"--output-dir {out} is" in capsys.readouterr().err and not (images / "results").exists()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.csv").write_bytes((root / "labels.csv").read_bytes())
+    rc = main(["--labels-csv", str(out / "predictions.csv"), "--img-dir", str(images),
+               "--model-path", str(root / "best_model.pth"), "--output-dir", str(out), "--threshold", "0.3",
+               "--params", str(root / "none.yaml"), "--force"])
+    assert rc == 1
+    assert "would write predictions.csv, which is the labels CSV (--labels-csv)" in capsys.readouterr().err
+    assert (out / "predictions.csv").read_bytes() == (root / "labels.csv").read_bytes()

@@ -80,6 +80,23 @@ def test_repro_writes_every_output(project):
     assert "up to date" in status
 
 
+def test_a_forced_rerun_changes_nothing(project):
+    """No timing or other run-dependent value lands in a tracked output: `dvc repro -f` on the same
+    machine rewrites every output byte for byte, so dvc.lock, git status and dvc metrics diff stay clean."""
+    _run(["dvc", "repro", "-f"], project)
+    assert _run(["git", "status", "--porcelain"], project, stdout_only=True) == ""
+    assert json.loads(_run(["dvc", "metrics", "diff", "--json"], project, stdout_only=True) or "{}") == {}
+
+
+def test_export_writes_a_checked_onnx_model_and_a_model_card(project):
+    check = json.loads((project / "export" / "check.json").read_text())
+    assert check["n_images"] > 0 and check["max_abs_diff"] <= 1e-4
+    card = (project / "results" / "MODEL_CARD.md").read_text()
+    assert "Not a medical device" in card and "## Operating point" in card
+    listed = _run(["dvc", "ls", "--dvc-only", "-R", ".", "export"], project, stdout_only=True)
+    assert "model.onnx" in listed
+
+
 def test_experiment_reruns_only_train_and_evaluate(project):
     out = _run(["dvc", "exp", "run", "-S", "train.loss=focal"], project)
     for stage in ("demo", "split", "preprocess"):
@@ -150,3 +167,34 @@ def test_ablation_script_queues_runs_and_tabulates(tmp_path):
         # pooling refuses a photo tested twice: all of them, once each, is a partition
         assert pooled["n_images"] == 2 * TINY["demo"]["n_patients"]
         assert revs[name]["data"]["params"]["params.yaml"]["data"]["cv"]["folds"] == [0, 1]
+
+
+def test_make_real_cpu_is_a_named_experiment_that_leaves_the_workspace_alone(tmp_path):
+    """`make real-cpu` with a tiny preset: params.yaml and the workspace's outputs stay as they were, the
+    experiment is named real-cpu, and its model and results are copied to runs/real-cpu/."""
+    dest = make_project_copy(tmp_path / "proj", TINY)
+    (dest / "presets" / "tiny.yaml").write_text(yaml.safe_dump({"train": {"loss": "focal"}}))
+    _run(["git", "add", "-A"], dest)
+    _run(["git", "commit", "-qm", "tiny preset"], dest)
+    data = tmp_path / "real"  # stands in for ../shared/data/eyepacs-dev, which the Makefile checks for
+    data.mkdir()
+    (data / "labels.csv").write_text("image,level\n")
+    params = (dest / "params.yaml").read_text()
+    make = ["make", "-o", ".venv/.installed", "real-cpu", f"BIN={Path(sys.executable).parent}",
+            "PRESET=presets/tiny.yaml", f"REAL_DATA={data}"]
+    for _ in range(2):  # a rerun on the same commit replaces the experiment
+        out = _run(make, dest)
+        assert (dest / "params.yaml").read_text() == params, out[-3000:]
+        assert _run(["git", "status", "--porcelain", "--untracked-files=no"], dest, stdout_only=True) == ""
+        assert not (dest / "models").exists() and not (dest / "results").exists()
+    from dr_core.models.checkpoint import read_meta
+
+    assert read_meta(dest / "runs/real-cpu/best_model.pth").params["train"]["loss"] == "focal"
+    assert "test" in json.loads((dest / "runs/real-cpu/results/metrics.json").read_text())
+    rows = json.loads(_run(["dvc", "exp", "show", "--json"], dest, stdout_only=True))
+    named = [rev for row in rows for e in (row.get("experiments") or []) for rev in e["revs"]
+             if rev.get("name") == "real-cpu"]
+    assert len(named) == 1
+    data_ = named[0]["data"]
+    assert data_["params"]["params.yaml"]["data"]["train"]["loss"] == "focal"
+    assert "test" in data_["metrics"]["results/metrics.json"]["data"]

@@ -119,7 +119,8 @@ def test_predict_folder_skips_broken_photo_and_writes_gradcam(photos, tmp_path: 
     assert rc == 0
     table = pd.read_csv(out)
     assert list(table.columns) == ["file", "grade", "grade_name", "prob_0", "prob_1", "prob_2", "prob_3",
-                                   "prob_4", "referable_score", "referable"]
+                                   "prob_4", "referable_score", "referable", "quality"]
+    assert table["quality"].isna().all()  # empty: every photo fit to grade
     assert table["file"].tolist() == ["eye0.png", "eye1.png", "eye2.png"]
     probs = table[[f"prob_{k}" for k in range(5)]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
@@ -147,6 +148,29 @@ def test_predict_broken_photo_is_an_error_naming_it(photos, tmp_path: Path, capl
         rc = main(["--model-path", str(model_path), "--input", str(folder), "--output", str(tmp_path / "p.csv")])
     assert rc == 1
     assert "broken.jpg" in caplog.text and "--on-error skip" in caplog.text
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_predict_checks_every_photo_before_grading_any(photos, tmp_path: Path, caplog, monkeypatch) -> None:
+    """A bad file late in a folder stops the run before any grading, naming every bad file."""
+    import dr_core.evaluation.predict as predict
+
+    model_path, folder = photos
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for i in range(3):
+        (batch / f"a{i}.png").write_bytes((folder / f"eye{i}.png").read_bytes())
+    (batch / "z_broken.jpg").write_bytes(b"not a jpeg")
+    (batch / "z_cut.png").write_bytes((folder / "eye0.png").read_bytes()[:200])  # copy cut short
+    calls = []
+    real = predict.predict_probs
+    monkeypatch.setattr(predict, "predict_probs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with caplog.at_level(logging.ERROR):
+        rc = main(["--model-path", str(model_path), "--input", str(batch), "--output", str(tmp_path / "p.csv"),
+                   "--batch-size", "1"])
+    assert rc == 1 and calls == []  # nothing graded
+    assert "2 of 5 photo(s) cannot be read" in caplog.text and "z_broken.jpg" in caplog.text
+    assert "z_cut.png (truncated PNG" in caplog.text and "nothing was graded" in caplog.text
     assert not (tmp_path / "p.csv").exists()
 
 
@@ -270,3 +294,60 @@ def test_gradcam_captions_show_the_blended_score(photos, tmp_path: Path, monkeyp
     for caption, (_, row) in zip(captions, table.iterrows()):
         assert f"referable score {row['referable_score']:.2f}" in caption
         assert f"(own {row['referable_score_own']:.2f}, with fellow eye)" in caption
+
+
+def test_predict_flags_photos_that_show_no_fundus_and_does_not_grade_them(photos, tmp_path: Path) -> None:
+    model_path, folder = photos
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for i in (0, 1):
+        (mixed / f"eye{i}.png").write_bytes((folder / f"eye{i}.png").read_bytes())
+    rng = np.random.default_rng(1)
+    cv2.imwrite(str(mixed / "noise.png"), rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    cv2.imwrite(str(mixed / "black.png"), np.zeros((90, 120, 3), np.uint8))
+    gray = cv2.cvtColor(cv2.imread(str(folder / "eye2.png")), cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(mixed / "gray.png"), cv2.merge([gray, gray, gray]))
+    out = tmp_path / "p.csv"
+    assert main(["--model-path", str(model_path), "--input", str(mixed), "--output", str(out),
+                 "--threshold", "0.0"]) == 0
+    table = pd.read_csv(out).set_index("file")
+    assert sorted(table.index) == ["black.png", "eye0.png", "eye1.png", "gray.png", "noise.png"]
+    assert table.loc["noise.png", "quality"].startswith("no fundus: looks like noise")
+    assert table.loc["black.png", "quality"].startswith("no fundus: image is black")
+    assert table.loc["gray.png", "quality"].startswith("grayscale")
+    flagged = table.loc[["noise.png", "black.png", "gray.png"]]
+    graded_cols = ["grade", "grade_name", *(f"prob_{k}" for k in range(5)), "referable_score", "referable"]
+    assert flagged[graded_cols].isna().all().all()  # not graded, so never "referable" (threshold 0 would say so)
+    assert table.loc[["eye0.png", "eye1.png"], "quality"].isna().all()
+    assert table.loc[["eye0.png", "eye1.png"], "referable"].all() and (table["grade"].dropna() % 1 == 0).all()
+
+
+def test_predict_never_writes_over_an_input(photos, tmp_path: Path, caplog) -> None:
+    model_path, folder = photos
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("eye0.png", "eye1.png", "eye2.png", "broken.jpg"):
+        (work / name).write_bytes((folder / name).read_bytes())
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(model_path.read_bytes())
+    point = tmp_path / "operating_point.json"
+    point.write_text(json.dumps({"threshold": 0.3}))
+    (tmp_path / "link.png").symlink_to(work / "eye1.png")
+    before = {p: p.read_bytes() for p in (*work.iterdir(), checkpoint, point)}
+    for output, what in ((work / "eye0.png", "input photo"), (work / ".." / "work" / "eye2.png", "input photo"),
+                         (tmp_path / "link.png", "input photo"), (checkpoint, "checkpoint (--model-path)"),
+                         (point, "operating point (--threshold-from)")):
+        caplog.clear()
+        rc = main(["--model-path", str(checkpoint), "--input", str(work), "--output", str(output),
+                   "--threshold-from", str(point), "--on-error", "skip"])
+        assert rc == 1 and f"--output {output} is the {what}" in caplog.text, caplog.text
+    caplog.clear()
+    assert main(["--model-path", str(checkpoint), "--input", str(work / "eye1.png"), "--output",
+                 str(work / "eye1.png")]) == 1
+    assert "is the input photo" in caplog.text
+    caplog.clear()
+    assert main(["--model-path", str(checkpoint), "--input", str(work), "--output", str(tmp_path / "p.csv"),
+                 "--gradcam-dir", str(work), "--on-error", "skip"]) == 1
+    assert f"--gradcam-dir {work} is the photo folder (--input)" in caplog.text
+    assert {p: p.read_bytes() for p in before} == before and sorted(p.name for p in work.iterdir()) == [
+        "broken.jpg", "eye0.png", "eye1.png", "eye2.png"]

@@ -4,11 +4,17 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from dr_core.runtime.io import write_atomic
+from dr_core.runtime.lock import FolderLocked, exclusive_folder
 from dr_core.runtime.logs import setup_logging
 from dr_core.runtime.workers import resolve_workers, usable_cores
 
@@ -78,3 +84,59 @@ def test_setup_logging_shows_info_records_with_the_logger_name(capfd):
         assert "INFO dr_core.example: 3 photos" in capfd.readouterr().err
     finally:
         root.handlers, root.level = saved[0], saved[1]
+
+
+HOLD_LOCK = """import sys, time
+from pathlib import Path
+from dr_core.runtime.lock import exclusive_folder
+with exclusive_folder(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding ``folder``'s lock (as a training would), once this returns."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_writer_of_a_locked_folder_stops_at_once_naming_the_holder(tmp_path):
+    folder = tmp_path / "models"
+    holder = hold_lock(folder)
+    try:
+        start = time.monotonic()
+        with pytest.raises(FolderLocked, match=rf"models: another training is writing here \(process {holder.pid} "
+                                               rf"holds .*/models/\.lock\).*`kill {holder.pid}`.*dvc exp run --queue"):
+            with exclusive_folder(folder):
+                pass
+        assert time.monotonic() - start < 5  # no waiting
+    finally:
+        holder.kill()  # kill -9: the kernel releases its lock
+        holder.wait()
+    with exclusive_folder(folder) as lock:
+        assert lock.read_text().strip() == str(os.getpid())
+    assert lock.read_text() == ""  # released: the next holder writes its own PID
+
+
+def test_progress_off_a_terminal_logs_a_few_lines_not_a_redraw_per_item(caplog, monkeypatch) -> None:
+    """In a log file or a dvc queue worker, 1,000 items give about ten lines, each with the count."""
+    import io
+    import logging
+
+    from dr_core.runtime.progress import LoggedProgress, progress
+
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal
+    with caplog.at_level(logging.INFO, logger="dr_core.progress"):
+        bar = progress(range(1000), desc="checking images", unit="img")
+        assert isinstance(bar, LoggedProgress)
+        assert sum(1 for _ in bar) == 1000
+    lines = [r.getMessage() for r in caplog.records if r.name == "dr_core.progress"]
+    assert 5 <= len(lines) <= 11, lines
+    assert lines[-1].startswith("checking images: 1000/1000 img (100%)")
+    with progress(total=4, desc="demo images") as manual:
+        for _ in range(4):
+            manual.update()
+    assert caplog.records[-1].getMessage().startswith("demo images: 4/4")

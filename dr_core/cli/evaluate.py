@@ -3,6 +3,11 @@
     python -m dr_core.evaluate --labels-csv CSV --img-dir DIR --model-path models/best_model.pth \\
         --output-dir results_external
 
+It writes into a new or empty ``--output-dir``, or one that an earlier run of this command wrote (its
+``.drgrade-outputs.json`` lists the files); a folder holding anything else needs ``--force``
+(:func:`dr_core.runtime.outputs.claim_dir`). Inputs are never overwritten, and the output folder is
+never the photo folder or inside it.
+
 Heavy libraries (torch, timm) are imported after the arguments are parsed, so ``--help`` is quick.
 """
 from __future__ import annotations
@@ -53,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-path", type=Path, default=Path("models/best_model.pth"),
                         help="checkpoint (default: models/best_model.pth)")
     parser.add_argument("--output-dir", type=Path, default=Path("results_external"),
-                        help="folder for metrics.json, predictions.csv and the figures")
+                        help="folder for metrics.json, predictions.csv and the figures: new, empty, or "
+                             "written by an earlier run of this command (its .drgrade-outputs.json lists the "
+                             "files); never the --img-dir folder or inside it")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an --output-dir that holds other files too, replacing those of the "
+                             "same names (metrics.json, predictions.csv, ...); inputs are never overwritten")
     parser.add_argument("--threshold", type=float, default=None,
                         help="referable-DR score cut-off; default: from --operating-point")
     parser.add_argument("--operating-point", type=Path, default=Path("results/operating_point.json"),
@@ -74,15 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.tta:
         cfg = dataclasses.replace(cfg, tta=True)
     from dr_core.data.ingest import DataError
-    from dr_core.evaluation.evaluate import evaluate_folder
+    from dr_core.evaluation.evaluate import evaluate_folder, folder_output
     from dr_core.evaluation.predictions import Decision
     from dr_core.models.checkpoint import CheckpointError
     from dr_core.runtime.device import pick_device
+    from dr_core.runtime.outputs import claim_dir, refuse_inside
 
+    inputs = [("labels CSV (--labels-csv)", args.labels_csv), ("checkpoint (--model-path)", args.model_path),
+              ("settings file (--params)", args.params)]
+    if args.threshold is None:
+        inputs.append(("operating point (--operating-point)", args.operating_point))
     try:
+        refuse_inside(args.output_dir, args.img_dir, "photo folder (--img-dir)", "--output-dir")
         threshold, cutpoints, cfg = _operating_point(args, cfg)
-        metrics = evaluate_folder(args.labels_csv, args.img_dir, args.model_path, args.output_dir, cfg,
-                                  Decision(threshold, cutpoints), data, str(pick_device(args.device)), seed)
+        with claim_dir(args.output_dir, "python -m dr_core.evaluate", args.force, folder_output, inputs):
+            metrics = evaluate_folder(args.labels_csv, args.img_dir, args.model_path, args.output_dir, cfg,
+                                      Decision(threshold, cutpoints), data, str(pick_device(args.device)), seed)
     except (DataError, CheckpointError, OSError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@
     python -m dr_core.predict --model-path models/best_model.pth --input photos/ --output preds.csv \\
         --gradcam-dir heatmaps --threshold-from results/operating_point.json --on-error skip
 
+Every photo is checked before any is graded (see ``--help``); outputs never overwrite an input.
 Heavy libraries (torch, timm) are imported after the arguments are parsed, so ``--help`` is quick.
 """
 from __future__ import annotations
@@ -20,16 +21,31 @@ from dr_core.runtime.logs import setup_logging
 log = logging.getLogger(__name__)
 
 
+EPILOG = """\
+Every photo is checked before any is graded, as the split stage checks training photos. An unreadable
+one (cannot be read or decoded, cut off) stops the run before any grading (--on-error error), listing
+all of them, or is left out of the CSV (--on-error skip). A photo that shows no fundus (black, nearly
+uniform, such as noise) or is grayscale is not graded: it gets a row whose `quality` column gives the
+reason and whose grade, grade_name, prob_k, referable_score and referable columns are empty. Graded
+photos have an empty `quality`.
+
+--output and the Grad-CAM overlays never overwrite an input (a photo, the checkpoint, the operating
+point), and --gradcam-dir is never the --input folder or inside it."""
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dr_core.predict",
-                                     description="Grade raw fundus photographs with a trained checkpoint.")
+                                     description="Grade raw fundus photographs with a trained checkpoint.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", type=Path, required=True, help="checkpoint (models/best_model.pth)")
     parser.add_argument("--input", type=Path, required=True, help="one photo, or a folder of photos")
-    parser.add_argument("--output", type=Path, required=True, help="CSV to write")
-    parser.add_argument("--gradcam-dir", type=Path, help="write Grad-CAM overlays (PNG) here")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="CSV to write: one row per photo (file, grade, grade_name, prob_k, referable_score, "
+                             "referable, quality)")
+    parser.add_argument("--gradcam-dir", type=Path, help="write Grad-CAM overlays (PNG) of the graded photos here")
     parser.add_argument("--tta", action="store_true", help="average the eight flips/rotations")
     parser.add_argument("--on-error", choices=BAD_IMAGE_POLICIES, default="error",
-                        help="unreadable photo in a folder: stop (error) or report and continue (skip)")
+                        help="unreadable photo: stop before grading any (error) or leave it out (skip)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--threshold", type=float, help="referable-score threshold (default 0.5)")
     group.add_argument("--threshold-from", type=Path,
@@ -49,13 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dr_core.config import EvaluateConfig
     from dr_core.evaluation.predictions import Decision
     from dr_core.evaluation.predict import (PhotoError, blend_fellow_eyes_table, list_photos, predict_photos,
-                                            read_operating_point, write_gradcams)
+                                            read_operating_point, screen_photos, with_ungraded, write_gradcams)
     from dr_core.evaluation.report import PREDICTION_FORMAT
     from dr_core.models.checkpoint import CheckpointError, load_checkpoint
+    from dr_core.runtime.outputs import OutputError
 
     try:
         model, meta = load_checkpoint(args.model_path)
-        photos = list_photos(args.input)
+        listed = list_photos(args.input)
+        _refuse_inputs(args, listed)
+        photos, unreadable, flagged = screen_photos(listed, args.on_error)
         threshold, cutpoints, weight, scope = read_operating_point(args.threshold_from) if args.threshold_from \
             else (args.threshold if args.threshold is not None else 0.5, None, 0.0, "referable")
         decision = Decision(threshold, cutpoints)
@@ -71,25 +90,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = args.input if args.input.is_dir() else None
         table, skipped = predict_photos(model, meta, photos, decision, cfg, root=root, device=device,
                                         on_error=args.on_error)
+        skipped = unreadable + skipped
         if cfg.fellow_eye_weight > 0 and not table.empty:
             table = blend_fellow_eyes_table(table, cfg, decision, meta.class_names)
         if args.gradcam_dir is not None and not table.empty:
             n = write_gradcams(model, meta, table, photos, root, args.gradcam_dir, args.batch_size, device)
             log.info("wrote %d Grad-CAM overlay(s) to %s", n, args.gradcam_dir)
-    except (CheckpointError, PhotoError, FileNotFoundError, ValueError) as err:
+    except (CheckpointError, PhotoError, OutputError, FileNotFoundError, ValueError) as err:
         log.error("%s", err)
         return 1
-    if table.empty:
-        log.error("none of the %d photo(s) could be graded", len(photos))
+    if table.empty and not flagged:
+        log.error("none of the %d photo(s) could be graded", len(listed))
         return 1
+    graded = len(table)
+    table = with_ungraded(table, flagged, listed, root)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.output, index=False, float_format=PREDICTION_FORMAT)
     counts = table["grade_name"].value_counts().to_dict()
-    log.info("graded %d photo(s) -> %s; %d referable; grades %s", len(table), args.output,
+    log.info("graded %d photo(s) -> %s; %d referable; grades %s", graded, args.output,
              int(table["referable"].sum()), counts)
+    if flagged:
+        log.warning("%d photo(s) not graded, no colour fundus photograph (reason in the quality column): %s",
+                    len(flagged), ", ".join(f"{p.name} ({reason})" for p, reason in flagged[:10]))
     if skipped:
         log.warning("skipped %d unreadable photo(s): %s", len(skipped), ", ".join(p.name for p, _ in skipped))
     return 0
+
+
+def _refuse_inputs(args: argparse.Namespace, photos: list[Path]) -> None:
+    """Stop before any work if an output would land on an input (:class:`OutputError` names both)."""
+    from dr_core.runtime.outputs import refuse_input, refuse_inside
+
+    inputs = [("checkpoint (--model-path)", args.model_path), *(("input photo", p) for p in photos)]
+    if args.threshold_from is not None:
+        inputs.append(("operating point (--threshold-from)", args.threshold_from))
+        beside = args.threshold_from.with_name("operating_point.json")  # read instead of a metrics.json
+        if beside.is_file():
+            inputs.append(("operating point read beside --threshold-from", beside))
+    refuse_input(args.output, inputs, "--output")
+    if args.gradcam_dir is not None and args.input.is_dir():  # overlays would be graded as photos next time
+        refuse_inside(args.gradcam_dir, args.input, "photo folder (--input)", "--gradcam-dir")
 
 
 if __name__ == "__main__":

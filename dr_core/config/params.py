@@ -273,6 +273,18 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """The export stage: ONNX model, its check against PyTorch, and the model card."""
+
+    opset: int = 17  # ONNX opset of the exported graph
+    atol: float = 1e-4  # largest difference in grade probabilities allowed between onnxruntime and PyTorch
+
+    def validate(self) -> None:
+        _check(11 <= self.opset <= 21, "export.opset", self.opset, "an ONNX opset between 11 and 21")
+        _check(0 < self.atol < 1, "export.atol", self.atol, "a tolerance in (0, 1), e.g. 1e-4")
+
+
+@dataclass(frozen=True)
 class Params:
     """All of params.yaml."""
 
@@ -285,6 +297,7 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self) -> None:
         for f in fields(self):

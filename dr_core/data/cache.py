@@ -22,13 +22,13 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from dr_core.config import PreprocessConfig
 from dr_core.data.contact_sheet import make_contact_sheet
 from dr_core.runtime.io import write_atomic
 from dr_core.runtime.workers import pool_context, resolve_workers
 from dr_core.data.preprocess import preprocess_file, read_fundus
+from dr_core.runtime.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def build_cache(split_dir: Path, img_dir: Path, out_dir: Path, cfg: PreprocessCo
         cfg: preprocessing settings; ``cfg.workers`` processes (0: one per available core).
 
     Returns:
-        The content of ``cache_info.json``: settings, and count, seconds, images/s and bytes
-        per split and in total.
+        The content of ``cache_info.json``: settings, and count and bytes per split and in total.
+        Timings are logged, not written: a rerun must reproduce the cache byte for byte.
 
     Raises:
         FileNotFoundError: a split CSV or an image it lists is missing.
@@ -73,27 +73,28 @@ def build_cache(split_dir: Path, img_dir: Path, out_dir: Path, cfg: PreprocessCo
     log.info("caching %d images at %d px with %d worker(s) into %s", total, cfg.cache_size, workers, out_dir)
 
     splits: dict[str, dict] = {}
+    elapsed = 0.0
     with _ImageMapper(cfg, workers) as imap:
         for split in SPLITS:
             npy = out_dir / f"{split}.npy"
             seconds = write_split(npy, paths[split], cfg.cache_size, imap, desc=split)
             shutil.copyfile(split_dir / f"{split}.csv", out_dir / f"{split}.csv")
-            splits[split] = _stats(len(paths[split]), seconds, npy.stat().st_size)
+            splits[split] = {"count": len(paths[split]), "bytes": npy.stat().st_size}
             log.info("%s: %d images in %.1f s (%.1f images/s), %.1f MB", split, len(paths[split]),
-                     seconds, splits[split]["images_per_s"], splits[split]["bytes"] / 1e6)
+                     seconds, len(paths[split]) / max(seconds, 1e-9), splits[split]["bytes"] / 1e6)
+            elapsed += seconds
 
     sheet = make_contact_sheet(_sheet_pairs(tables, paths, out_dir), tile=SHEET_TILE, columns=2)
     cv2.imwrite(str(out_dir / "contact_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    seconds = sum(s["seconds"] for s in splits.values())
     info = {
         "preprocess": dataclasses.asdict(cfg),
         "image_shape": [cfg.cache_size, cfg.cache_size, 3],
         "workers": workers,
         "splits": splits,
-        "total": _stats(total, seconds, sum(s["bytes"] for s in splits.values())),
+        "total": {"count": total, "bytes": sum(s["bytes"] for s in splits.values())},
     }
     (out_dir / "cache_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    log.info("cache done: %d images, %.1f images/s, %.1f MB", total, info["total"]["images_per_s"],
+    log.info("cache done: %d images, %.1f images/s, %.1f MB", total, total / max(elapsed, 1e-9),
              info["total"]["bytes"] / 1e6)
     return info
 
@@ -110,7 +111,7 @@ def write_split(npy: Path, paths: list[Path], size: int, imap: Imap, desc: str =
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
         try:
             tasks = [(i, str(p)) for i, p in enumerate(paths)]
-            for n, (index, image) in enumerate(tqdm(imap(tasks), total=len(tasks), desc=desc, unit="img",
+            for n, (index, image) in enumerate(progress(imap(tasks), total=len(tasks), desc=desc, unit="img",
                                                     mininterval=1.0), start=1):
                 array[index] = image
                 if n % FLUSH_EVERY == 0:
@@ -211,11 +212,6 @@ class _ImageMapper:
 
 def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
-
-
-def _stats(count: int, seconds: float, nbytes: int) -> dict:
-    return {"count": count, "seconds": round(seconds, 3),
-            "images_per_s": round(count / seconds, 2) if seconds > 0 else 0.0, "bytes": nbytes}
 
 
 def _sheet_pairs(tables: dict[str, pd.DataFrame], paths: dict[str, list[Path]],

@@ -21,11 +21,11 @@ import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from dr_core.config import DataConfig
 from dr_core.data.dedup import fingerprint
 from dr_core.runtime.workers import pool_context, resolve_workers
+from dr_core.runtime.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -397,7 +397,7 @@ def check_images(paths: list[str], workers: int = 0) -> list[ImageCheck]:
     workers = resolve_workers(workers, len(paths))
     bar = {"total": len(paths), "desc": "checking images", "unit": "img"}
     if workers <= 1:
-        return [check_image(p) for p in tqdm(paths, **bar)]
+        return [check_image(p) for p in progress(paths, **bar)]
     chunk = max(1, min(32, len(paths) // (4 * workers)))
     with ProcessPoolExecutor(workers, pool_context([__name__]), initializer=cv2.setNumThreads, initargs=(1,)) as pool:
-        return list(tqdm(pool.map(check_image, paths, chunksize=chunk), **bar))
+        return list(progress(pool.map(check_image, paths, chunksize=chunk), **bar))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,17 @@ from dr_core.evaluation.eyes import fellow_eye_predictions
 from dr_core.evaluation.inference import predict_probs
 from dr_core.evaluation.predictions import Decision, Predictions
 from dr_core.models.checkpoint import CheckpointMeta, load_checkpoint
-from dr_core.evaluation.report import choose_cutpoints, choose_threshold, write_evaluation
+from dr_core.evaluation.report import OUTPUT_FILES, choose_cutpoints, choose_threshold, write_evaluation
+from dr_core.runtime.progress import progress
 
 log = logging.getLogger(__name__)
+
+BAD_IMAGES = "bad_images.csv"  # evaluate_folder's list of the photos left out
+
+
+def folder_output(rel: str) -> bool:
+    """Whether :func:`evaluate_folder` writes this path (relative to its ``out_dir``)."""
+    return rel in OUTPUT_FILES or rel == BAD_IMAGES or re.fullmatch(r"plots/roc_grade_\d+\.csv", rel) is not None
 
 
 def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: EvaluateConfig,
@@ -65,13 +74,11 @@ def _predict(model: torch.nn.Module, images: np.ndarray, meta: CheckpointMeta, p
 
 def load_raw_images(files: list[str], img_dir: Path, preprocess: PreprocessConfig) -> np.ndarray:
     """Read and preprocess raw photos exactly as the cache was built for the checkpoint."""
-    from tqdm.auto import tqdm
-
     from dr_core.data.preprocess import preprocess_file
 
     size = preprocess.cache_size
     out = np.zeros((len(files), size, size, 3), np.uint8)
-    for i, file in enumerate(tqdm(files, desc="preprocess", leave=False)):
+    for i, file in enumerate(progress(files, desc="preprocess", unit="img", leave=False)):
         out[i] = preprocess_file(img_dir / file, preprocess)
     return out
 
@@ -94,7 +101,7 @@ def evaluate_folder(labels_csv: Path, img_dir: Path, model_path: Path, out_dir: 
     labels = read_labels(labels_csv, data, meta.num_classes)
     rows, _, bad = usable_photographs(labels.table, img_dir, data, labels_csv, workers=0)
     out_dir.mkdir(parents=True, exist_ok=True)
-    bad[["id", "file", "reason"]].to_csv(out_dir / "bad_images.csv", index=False)
+    bad[["id", "file", "reason"]].to_csv(out_dir / BAD_IMAGES, index=False)
     images = load_raw_images(rows["file"].tolist(), img_dir, meta.preprocess)
     probs, score = _predict(model, images, meta, rows["patient"].tolist(), cfg, device)
     preds = Predictions(rows["id"].tolist(), rows["patient"].tolist(), rows["grade"].to_numpy(), probs, score)

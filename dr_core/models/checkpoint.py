@@ -20,7 +20,7 @@ from torch import nn
 
 from dr_core.config import ConfigError, PreprocessConfig, params_from_dict
 from dr_core.config.params import GLOBAL_POOLS
-from dr_core.models.heads import HEADS
+from dr_core.models.heads import HEADS, num_outputs
 from dr_core.runtime.io import write_atomic
 
 FORMAT_VERSION = 1
@@ -106,7 +106,8 @@ class CheckpointMeta:
             raise CheckpointError(f"{source}: checkpoint meta has {len(meta.mean)} means but {len(meta.std)} stds")
         if len(meta.class_names) != num_classes or not all(isinstance(n, str) for n in meta.class_names):
             raise CheckpointError(f"{source}: checkpoint meta field 'class_names' must be {num_classes} names "
-                                  f"(num_classes), got {list(meta.class_names)!r}")
+                                  f"(num_classes), got {list(meta.class_names)!r}; the meta contradicts itself: "
+                                  "re-save the checkpoint with one name per class, or retrain")
         if meta.referable_grade >= num_classes:
             raise CheckpointError(f"{source}: checkpoint meta field 'referable_grade' must be below num_classes "
                                   f"({num_classes}), got {meta.referable_grade}")
@@ -174,8 +175,14 @@ def _preprocess(raw: Any, source: str | Path) -> PreprocessConfig:
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta,
                     train_state: dict[str, Any] | None = None) -> None:
-    """Write ``{"format", "meta", "model", "train_state"}`` to ``path`` atomically (``meta`` as a dict)."""
+    """Write ``{"format", "meta", "model", "train_state"}`` to ``path`` atomically (``meta`` as a dict).
+
+    Raises:
+        CheckpointError: ``meta`` is inconsistent (class names, referable grade, ...), so that no
+            checkpoint is written that :func:`load_checkpoint` would refuse.
+    """
     path = Path(path)
+    CheckpointMeta.from_dict(meta.to_dict(), path)  # the checks a reader makes, before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DDP
     payload = {"format": FORMAT_VERSION, "meta": meta.to_dict(),
@@ -230,14 +237,41 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: architecture {meta.model_name!r} is unknown to this timm "
                               f"version ({timm.__version__})")
     from dr_core.models.backbone import create_timm
-    from dr_core.models.heads import num_outputs
 
     model = create_timm(meta.model_name, pretrained=False, global_pool=meta.global_pool,
                         num_classes=num_outputs(meta.head, meta.num_classes))
-    result = model.load_state_dict(payload["model"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: weights do not fit {meta.model_name}: {len(result.missing_keys)} missing "
-            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
-            f"(e.g. {result.unexpected_keys[:3]})")
+    _check_weights_fit(model, payload["model"], meta, path)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:  # anything the checks above did not foresee
+        raise CheckpointError(f"{path}: the weights do not fit model.name={meta.model_name} ({err}); "
+                              "retrain, or pass the checkpoint this model was trained as") from err
     return model.eval(), meta
+
+
+def _check_weights_fit(model: nn.Module, weights: Mapping[str, Any], meta: CheckpointMeta, path: str | Path) -> None:
+    """Raise a :class:`CheckpointError` with the fix when ``weights`` cannot load into ``model`` (the
+    network ``meta`` describes): another architecture, or a head of another size than the meta's classes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    resized = [k for k in own if k in weights and hasattr(weights[k], "shape")
+               and tuple(weights[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or resized):
+        return
+    head = {f"{name}.{key}" for name, module in model.named_modules()
+            if module is model.get_classifier() for key in module.state_dict()}
+    if not missing and not unexpected and set(resized) <= head:
+        stored = min(int(weights[k].shape[0]) for k in resized)
+        wanted = num_outputs(meta.head, meta.num_classes)
+        raise CheckpointError(
+            f"{path}: the weights' classifier has {stored} output(s), but the meta describes {meta.num_classes} "
+            f"classes ({meta.head} head: {wanted} output(s); class_names {list(meta.class_names)}). The meta "
+            "does not describe these weights: re-save the checkpoint with the num_classes, head and class_names "
+            "it was trained with, or retrain")
+    parts = [f"{len(keys)} {what} (e.g. {keys[:3]})" for what, keys in
+             (("missing", missing), ("unexpected", unexpected), ("of another shape", resized)) if keys]
+    raise CheckpointError(
+        f"{path}: the weights do not fit model.name={meta.model_name} (global_pool {meta.global_pool}): "
+        f"{', '.join(parts)} parameter(s). Was this checkpoint trained with another model? Retrain, or pass "
+        "the checkpoint trained as this model")

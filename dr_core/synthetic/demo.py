@@ -17,13 +17,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from dr_core.synthetic.anatomy import (Layout, add_optic_disc, draw_vessel, paint_background, retina_colour,
                                        sample_layout, vessel_tree)
 from dr_core.runtime.io import write_atomic
 from dr_core.runtime.workers import pool_context, resolve_workers
 from dr_core.synthetic.lesions import LAYERS, paint_lesions, plan_lesions
+from dr_core.runtime.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def make_demo_dataset(out_dir: Path, n_patients: int, image_size: int, seed: int
             rows.append((id_code, grade, patient))
             tasks.append((int(seed), 2 * p + e, grade, int(image_size), eye, str(img_dir / f"{id_code}.png")))
     n_proc = resolve_workers(workers, len(tasks))
-    with tqdm(total=len(tasks), desc="demo images", unit="img") as bar:
+    with progress(total=len(tasks), desc="demo images", unit="img") as bar:
         if n_proc == 1:
             for task in tasks:
                 _write_image(task)

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from dr_core.models.heads import to_probs
 from dr_core.training.mixup import mix_batch, mixed_loss
 from dr_core.models.backbone import frozen_modules_to_eval
+from dr_core.runtime.progress import progress
 
 
 SYNC_EVERY = 16  # batches between host reads of the running loss (NaN check, progress bar)
@@ -123,7 +123,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
     seen, checked = 0, 0
     y_true, probs_all = [], []
     n_batches = len(loader)
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    bar = progress(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0)
     grad_ctx = contextlib.nullcontext() if train else torch.no_grad()
     with grad_ctx:
         for i, (x, y) in enumerate(bar):

@@ -6,11 +6,12 @@ resumed run ends exactly where an uninterrupted one does.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from dr_core.data.loaders import make_loaders
 from dr_core.runtime.device import autocast_dtype, describe_device, pick_device, seed_everything
 from dr_core.runtime.distributed import DistInfo, all_ranks_sum, gather_in_order, init_distributed, shutdown
 from dr_core.runtime.io import write_atomic
+from dr_core.runtime.lock import exclusive_folder
 from dr_core.training.engine import EpochResult, StepContext, TwoStageForward, run_epoch
 from dr_core.models.heads import head_for_loss, num_outputs
 from dr_core.training.losses import build_loss, class_weights
@@ -79,24 +81,37 @@ def _resume_state(path: Path, digest: str) -> dict[str, Any] | None:
     return {**state, "model": payload["model"]}
 
 
-def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict[str, Any]:
+def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params,
+        check: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train ``params.model`` on the cached train split, select on val, write checkpoints.
 
     Writes ``best_stage1.pth``, ``best_model.pth``, ``checkpoint_epoch_<n>.pth`` (every
     ``save_freq`` epochs), ``last.pth`` (resume state) and ``training_history.json`` to
-    ``save_dir``, and per-epoch metrics through dvclive to ``live_dir``.
+    ``save_dir``, and per-epoch metrics through dvclive to ``live_dir``. ``save_dir`` is locked
+    (:func:`dr_core.runtime.lock.exclusive_folder`) while training runs: a second training into it
+    stops at once.
+
+    Args:
+        check: called before each epoch's checkpoints and before the final outputs are written; it
+            raises to stop without writing them (the train stage:
+            :func:`dr_core.config.drift.check_params_unchanged`).
 
     Returns:
         the summary: best epoch, best value of ``train.monitor``, epochs run.
     """
-    t = params.train
-    device = pick_device(t.device)
+    device = pick_device(params.train.device)
     dist = init_distributed(device.type)
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
-    if dist.is_main:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        log.info("device: %s; %d process(es)", describe_device(device), dist.world_size)
+    with exclusive_folder(save_dir) if dist.is_main else contextlib.nullcontext():
+        if dist.is_main:
+            log.info("device: %s; %d process(es)", describe_device(device), dist.world_size)
+        return _fit(cache_dir, save_dir, live_dir, params, device, dist, check or (lambda: None))
+
+
+def _fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params, device: torch.device, dist: DistInfo,
+         check: Callable[[], None]) -> dict[str, Any]:
+    t = params.train
     seed_everything(params.seed, deterministic=t.deterministic)
 
     head = head_for_loss(t.loss)
@@ -162,6 +177,7 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
             tr, va = _gathered(dist, tr, None), _gathered(dist, va, loaders.val.sampler)
             row = _epoch_row(e, stage, tr, va, optimizer, params.model.num_classes,
                              params.evaluate.referable_grade)
+            check()  # before anything of this epoch is written
             history.append(row)
             if dist.is_main:
                 tracker.log_epoch(row)
@@ -198,8 +214,8 @@ def fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params) -> dict
                 break
         state = None  # resume state applies to the interrupted stage only
     summary = {"best_epoch": best["epoch"], "best_value": best["value"], "monitor": metric,
-               "epochs_run": len(history),
-               "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in history), 1)}
+               "epochs_run": len(history)}
+    check()
     shutdown(dist)
     if not dist.is_main:
         return summary
@@ -270,8 +286,9 @@ def _epoch_row(epoch: int, stage: int, tr: EpochResult, va: EpochResult, optimiz
         # referable DR (grade >= evaluate.referable_grade) AUC; NaN when a split has one class only
         row[f"{split}/auc"] = binary_auc(referable_labels(res.y_true, referable_grade),
                                          referable_score(res.probs, referable_grade))
-    row["train/images_per_s"] = len(tr.y_true) / max(tr.seconds, 1e-9)  # all processes together
-    row["epoch_seconds"] = tr.seconds + va.seconds
+    # Timings go to the log only: a tracked output that a rerun changes would make identical runs differ.
+    log.info("epoch %d: %.1f s (train %.1f images/s, all processes)", epoch, tr.seconds + va.seconds,
+             len(tr.y_true) / max(tr.seconds, 1e-9))
     return row
 
 

@@ -10,7 +10,7 @@ from dvclive import Live
 
 log = logging.getLogger(__name__)
 
-NOT_PLOTTED = ("epoch", "stage", "epoch_seconds")
+NOT_PLOTTED = ("epoch", "stage")
 
 
 class EpochLogger:
@@ -41,5 +41,4 @@ class EpochLogger:
         """Record the best epoch explicitly: dvclive keeps only the last value of a metric."""
         self.live.summary["best"] = {"epoch": summary["best_epoch"],
                                      summary["monitor"].replace("/", "_"): summary["best_value"]}
-        self.live.summary["train_seconds"] = summary["train_seconds"]  # train + val passes, all epochs
         self.live.end()
