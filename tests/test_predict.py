@@ -119,7 +119,7 @@ def test_predict_folder_skips_broken_photo_and_writes_gradcam(photos, tmp_path: 
     assert rc == 0
     table = pd.read_csv(out)
     assert list(table.columns) == ["file", "grade", "grade_name", "prob_0", "prob_1", "prob_2", "prob_3",
-                                   "prob_4", "referable_score", "referable", "quality"]
+                                   "prob_4", "referable_score", "referable", "referral_threshold", "quality"]
     assert table["quality"].isna().all()  # empty: every photo fit to grade
     assert table["file"].tolist() == ["eye0.png", "eye1.png", "eye2.png"]
     probs = table[[f"prob_{k}" for k in range(5)]].to_numpy()
@@ -336,7 +336,7 @@ def test_predict_never_writes_over_an_input(photos, tmp_path: Path, caplog) -> N
     before = {p: p.read_bytes() for p in (*work.iterdir(), checkpoint, point)}
     for output, what in ((work / "eye0.png", "input photo"), (work / ".." / "work" / "eye2.png", "input photo"),
                          (tmp_path / "link.png", "input photo"), (checkpoint, "checkpoint (--model-path)"),
-                         (point, "operating point (--threshold-from)")):
+                         (point, "operating point (--operating-point)")):
         caplog.clear()
         rc = main(["--model-path", str(checkpoint), "--input", str(work), "--output", str(output),
                    "--threshold-from", str(point), "--on-error", "skip"])
@@ -351,3 +351,34 @@ def test_predict_never_writes_over_an_input(photos, tmp_path: Path, caplog) -> N
     assert f"--gradcam-dir {work} is the photo folder (--input)" in caplog.text
     assert {p: p.read_bytes() for p in before} == before and sorted(p.name for p in work.iterdir()) == [
         "broken.jpg", "eye0.png", "eye1.png", "eye2.png"]
+
+
+def test_an_operating_point_of_another_checkpoint_is_refused(photos, tmp_path: Path, caplog) -> None:
+    model_path, folder = photos
+    point = tmp_path / "operating_point.json"
+    point.write_text(json.dumps({"threshold": 0.3, "model_sha256": "0" * 64}))
+    rc = main(["--model-path", str(model_path), "--input", str(folder / "eye0.png"), "--output",
+               str(tmp_path / "p.csv"), "--operating-point", str(point)])
+    assert rc == 1 and "was chosen on val for another checkpoint" in caplog.text
+
+
+def test_without_an_operating_point_the_fallback_is_announced(photos, tmp_path: Path, caplog) -> None:
+    model_path, folder = photos
+    out = tmp_path / "p.csv"
+    assert main(["--model-path", str(model_path), "--input", str(folder / "eye0.png"), "--output", str(out)]) == 0
+    assert "NO OPERATING POINT" in caplog.text and "referable score >= 0.5" in caplog.text
+    assert pd.read_csv(out)["referral_threshold"].tolist() == [0.5]
+
+
+def test_help_needs_no_heavy_imports() -> None:
+    """--help answers before torch or timm is imported (a second or so instead of tens on a cold disk)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom dr_core.cli import evaluate, predict\n"
+            "for cli in (evaluate, predict):\n"
+            "    try:\n        cli.main(['--help'])\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'timm', 'cv2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -37,8 +37,10 @@ def _operating_point(args: argparse.Namespace, cfg: EvaluateConfig
         raise SystemExit(f"{path}: no operating point; run the pipeline's evaluate stage first "
                          "(`dvc repro evaluate`) or pass --threshold (referable-score cut-off, 0..1)")
     from dr_core.evaluation.eyes import fellow_eye_of
+    from dr_core.evaluation.predict import check_point_matches
 
     point = json.loads(path.read_text())
+    check_point_matches(point, path, args.model_path)  # a threshold chosen for another model means nothing
     if "fellow_eye_weight" in point:  # older operating points: params.yaml's blending
         weight, scope = fellow_eye_of(point, path)
         chosen = dataclasses.replace(cfg, fellow_eye_weight=weight, fellow_eye_scope=scope)

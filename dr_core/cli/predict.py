@@ -1,8 +1,8 @@
 """``python -m dr_core.predict``: grade raw fundus photographs with a trained checkpoint.
 
-    python -m dr_core.predict --model-path models/best_model.pth --input photo.jpg --output preds.csv
+    python -m dr_core.predict --input photo.jpg --output preds.csv
     python -m dr_core.predict --model-path models/best_model.pth --input photos/ --output preds.csv \\
-        --gradcam-dir heatmaps --threshold-from results/operating_point.json --on-error skip
+        --gradcam-dir heatmaps --operating-point results/operating_point.json --on-error skip
 
 Every photo is checked before any is graded (see ``--help``); outputs never overwrite an input.
 Heavy libraries (torch, timm) are imported after the arguments are parsed, so ``--help`` is quick.
@@ -10,6 +10,7 @@ Heavy libraries (torch, timm) are imported after the arguments are parsed, so ``
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ from dr_core.runtime.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
+DEFAULT_POINT = Path("results/operating_point.json")
+
 
 EPILOG = """\
 Every photo is checked before any is graded, as the split stage checks training photos. An unreadable
@@ -29,6 +32,12 @@ uniform, such as noise) or is grayscale is not graded: it gets a row whose `qual
 reason and whose grade, grade_name, prob_k, referable_score and referable columns are empty. Graded
 photos have an empty `quality`.
 
+Referral is decided on the referable score (the probability of a referable grade), never on the grade:
+a row is referable when referable_score >= the threshold in its referral_threshold column. The threshold
+and grade cut-points come from the operating point chosen on val by the pipeline (--operating-point,
+default results/operating_point.json when it was written for this checkpoint). Without one, referral falls
+back to a score of 0.5 and grades to the most probable class, and the log says so.
+
 --output and the Grad-CAM overlays never overwrite an input (a photo, the checkpoint, the operating
 point), and --gradcam-dir is never the --input folder or inside it."""
 
@@ -37,7 +46,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dr_core.predict",
                                      description="Grade raw fundus photographs with a trained checkpoint.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-path", type=Path, required=True, help="checkpoint (models/best_model.pth)")
+    parser.add_argument("--model-path", type=Path, default=Path("models/best_model.pth"),
+                        help="checkpoint (default: models/best_model.pth)")
     parser.add_argument("--input", type=Path, required=True, help="one photo, or a folder of photos")
     parser.add_argument("--output", type=Path, required=True,
                         help="CSV to write: one row per photo (file, grade, grade_name, prob_k, referable_score, "
@@ -47,10 +57,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--on-error", choices=BAD_IMAGE_POLICIES, default="error",
                         help="unreadable photo: stop before grading any (error) or leave it out (skip)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--threshold", type=float, help="referable-score threshold (default 0.5)")
-    group.add_argument("--threshold-from", type=Path,
-                       help="the operating point chosen on validation: results/operating_point.json "
-                            "(or results/metrics.json)")
+    group.add_argument("--threshold", type=float,
+                       help="referable-score threshold, instead of an operating point (grades: most probable)")
+    group.add_argument("--operating-point", "--threshold-from", dest="operating_point", type=Path,
+                       help="the threshold and grade cut-points chosen on val by the pipeline "
+                            f"(default: {DEFAULT_POINT} when it was written for this checkpoint)")
     parser.add_argument("--batch-size", type=int, default=16, help="photos per forward pass")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where to run the model; auto: CUDA when available")
@@ -65,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dr_core.config import EvaluateConfig
     from dr_core.evaluation.predictions import Decision
     from dr_core.evaluation.predict import (PhotoError, blend_fellow_eyes_table, list_photos, predict_photos,
-                                            read_operating_point, screen_photos, with_ungraded, write_gradcams)
+                                            screen_photos, with_ungraded, write_gradcams)
     from dr_core.evaluation.report import PREDICTION_FORMAT
     from dr_core.models.checkpoint import CheckpointError, load_checkpoint
     from dr_core.runtime.outputs import OutputError
@@ -75,8 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         listed = list_photos(args.input)
         _refuse_inputs(args, listed)
         photos, unreadable, flagged = screen_photos(listed, args.on_error)
-        threshold, cutpoints, weight, scope = read_operating_point(args.threshold_from) if args.threshold_from \
-            else (args.threshold if args.threshold is not None else 0.5, None, 0.0, "referable")
+        threshold, cutpoints, weight, scope = _operating_point(args)
         decision = Decision(threshold, cutpoints)
         # the grade the checkpoint's run called referable; the blending its operating point was chosen with
         cfg = EvaluateConfig(referable_grade=meta.referable_grade, batch_size=args.batch_size, tta=args.tta,
@@ -93,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         skipped = unreadable + skipped
         if cfg.fellow_eye_weight > 0 and not table.empty:
             table = blend_fellow_eyes_table(table, cfg, decision, meta.class_names)
+        if not table.empty:
+            # the rule beside every grade: referable = referable_score >= this
+            table.insert(table.columns.get_loc("referable") + 1, "referral_threshold", threshold)
         if args.gradcam_dir is not None and not table.empty:
             n = write_gradcams(model, meta, table, photos, root, args.gradcam_dir, args.batch_size, device)
             log.info("wrote %d Grad-CAM overlay(s) to %s", n, args.gradcam_dir)
@@ -117,14 +130,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _operating_point(args: argparse.Namespace) -> tuple[float, list[float] | None, float, str]:
+    """Threshold, cut-points and fellow-eye blending: --threshold, --operating-point, the pipeline's
+    point when it belongs to this checkpoint, or a loudly announced fallback."""
+    from dr_core.evaluation.predict import read_operating_point
+
+    if args.threshold is not None:
+        log.warning("referral: referable score >= %.4f as given by --threshold (not chosen on val); grades: "
+                    "the most probable class", args.threshold)
+        return args.threshold, None, 0.0, "referable"
+    if args.operating_point is not None:
+        return read_operating_point(args.operating_point, args.model_path)
+    if DEFAULT_POINT.is_file():  # used unasked only when it names this very checkpoint by its digest
+        try:
+            if "model_sha256" not in json.loads(DEFAULT_POINT.read_text()):
+                raise ValueError("it does not record which checkpoint it was chosen for")
+            point = read_operating_point(DEFAULT_POINT, args.model_path)
+        except (ValueError, OSError) as err:
+            log.warning("not using %s: %s", DEFAULT_POINT, err)
+        else:
+            log.info("operating point: %s (chosen on val for this checkpoint)", DEFAULT_POINT)
+            return point
+    log.warning("NO OPERATING POINT for %s: referral falls back to referable score >= 0.5 and grades to the "
+                "most probable class, neither chosen on val. Pass --operating-point results/operating_point.json "
+                "(written by `dvc repro` with this checkpoint) or --threshold", args.model_path)
+    return 0.5, None, 0.0, "referable"
+
+
 def _refuse_inputs(args: argparse.Namespace, photos: list[Path]) -> None:
     """Stop before any work if an output would land on an input (:class:`OutputError` names both)."""
     from dr_core.runtime.outputs import refuse_input, refuse_inside
 
     inputs = [("checkpoint (--model-path)", args.model_path), *(("input photo", p) for p in photos)]
-    if args.threshold_from is not None:
-        inputs.append(("operating point (--threshold-from)", args.threshold_from))
-        beside = args.threshold_from.with_name("operating_point.json")  # read instead of a metrics.json
+    if args.operating_point is not None:
+        inputs.append(("operating point (--operating-point)", args.operating_point))
+        beside = args.operating_point.with_name("operating_point.json")  # read instead of a metrics.json
         if beside.is_file():
             inputs.append(("operating point read beside --threshold-from", beside))
     refuse_input(args.output, inputs, "--output")

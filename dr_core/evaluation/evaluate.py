@@ -30,6 +30,7 @@ from dr_core.evaluation.inference import predict_probs
 from dr_core.evaluation.predictions import Decision, Predictions
 from dr_core.models.checkpoint import CheckpointMeta, load_checkpoint
 from dr_core.evaluation.report import OUTPUT_FILES, choose_cutpoints, choose_threshold, write_evaluation
+from dr_core.runtime.io import file_sha256
 from dr_core.runtime.progress import progress
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: Evalu
     point = choose_threshold(val_grades, probs["val"], cfg, cutpoints, scores["val"])
     point["grade_cutpoints"] = cutpoints
     point["model"] = str(model_path)
+    point["model_sha256"] = file_sha256(model_path)  # predict and evaluate refuse it with another checkpoint
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "operating_point.json").write_text(json.dumps(point, indent=2) + "\n")
     test = rows["test"]

@@ -42,6 +42,7 @@ from dr_core.evaluation.metrics import referable_score
 from dr_core.evaluation.predictions import Decision
 from dr_core.data.preprocess import preprocess_image, read_fundus
 from dr_core.evaluation.report import PREDICTION_FORMAT
+from dr_core.runtime.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,9 @@ def write_gradcams(model: nn.Module, meta: CheckpointMeta, table: pd.DataFrame, 
             top = row[f"prob_{int(row['grade'])}"]
             caption = (f"{row['grade_name']} (p={top:.2f}), "
                        f"referable score {row['referable_score']:.2f}")
+            if "referral_threshold" in row.index:  # the rule that decided referral, beside the grade
+                caption += f" {'>=' if row['referable'] else '<'} {row['referral_threshold']:.2f}: " + \
+                    ("refer" if row["referable"] else "no referral")
             if "referable_score_own" in row.index:
                 caption += f" (own {row['referable_score_own']:.2f}, with fellow eye)"
             panel = side_by_side(image, cam, caption)
@@ -247,10 +251,15 @@ def write_gradcams(model: nn.Module, meta: CheckpointMeta, table: pd.DataFrame, 
     return len(rows)
 
 
-def read_operating_point(path: Path) -> tuple[float, list[float] | None, float, str]:
-    """``--threshold-from``, read once: threshold, grade cut-points (None: argmax) and fellow-eye
+def read_operating_point(path: Path, checkpoint: Path | None = None) -> tuple[float, list[float] | None, float, str]:
+    """``--operating-point``, read once: threshold, grade cut-points (None: argmax) and fellow-eye
     weight and scope. A file without ``threshold`` (the evaluate stage's ``metrics.json``, which holds
-    the threshold only) gives way to the ``operating_point.json`` beside it when there is one."""
+    the threshold only) gives way to the ``operating_point.json`` beside it when there is one.
+
+    Raises:
+        ValueError: the point records the sha256 of another checkpoint than ``checkpoint``: a threshold
+            chosen for one model means nothing for another.
+    """
     data = _read_json(path)
     beside = path.with_name("operating_point.json")
     if "threshold" not in data and beside != path and beside.is_file():
@@ -260,9 +269,25 @@ def read_operating_point(path: Path) -> tuple[float, list[float] | None, float, 
         log.warning("%s holds the referable threshold only: grades are argmax and no fellow-eye blending "
                     "is applied; pass results/operating_point.json for the evaluation's cut-points and "
                     "blending", path)
+    if checkpoint is not None:
+        check_point_matches(data, path, checkpoint)
     cuts = data.get("grade_cutpoints")
     weight, scope = fellow_eye_of(data, path)
     return _threshold_of(data, path), [float(c) for c in cuts] if isinstance(cuts, list) else None, weight, scope
+
+
+def check_point_matches(data: dict, path: Path, checkpoint: Path) -> None:
+    """Refuse an operating point chosen for another checkpoint; warn when it predates the digest."""
+    recorded = data.get("model_sha256")
+    if recorded is None:
+        log.warning("%s does not record which checkpoint it was chosen for (written before drgrade 0.2): "
+                    "make sure it belongs to %s", path, checkpoint)
+        return
+    actual = file_sha256(checkpoint)
+    if recorded != actual:
+        raise ValueError(f"{path} was chosen on val for another checkpoint (sha256 {recorded[:12]}...), not "
+                         f"{checkpoint} (sha256 {actual[:12]}...): its threshold and cut-points would not mean the "
+                         "same. Pass the operating point written with this model, or set --threshold yourself")
 
 
 def _read_json(path: Path) -> dict:

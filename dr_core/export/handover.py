@@ -10,9 +10,9 @@ from typing import Any
 from dr_core.config import ExportConfig
 from dr_core.data.dataset import load_cache
 from dr_core.export.card import model_card
-from dr_core.export.onnx import check_onnx, export_onnx, file_digest, handover_metadata
+from dr_core.export.onnx import check_onnx, export_onnx, handover_metadata
 from dr_core.models.checkpoint import load_checkpoint
-from dr_core.runtime.io import write_atomic
+from dr_core.runtime.io import file_sha256, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,6 @@ def hand_over(paths: HandoverPaths, cfg: ExportConfig) -> dict[str, Any]:
                           "the export was removed. Try another export.opset, or report the architecture")
     write_atomic(paths.check, lambda p: p.write_text(json.dumps(check, indent=2) + "\n"))
     card = model_card(meta, _read_json(paths.metrics), point, _read_json(paths.split_summary),
-                      file_digest(paths.checkpoint), check)
+                      file_sha256(paths.checkpoint), check)
     write_atomic(paths.card, lambda p: p.write_text(card))
     return check

@@ -7,7 +7,6 @@ threshold and grade cut-points chosen on val) travels as metadata, tied to the c
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 from dr_core.evaluation.inference import predict_probs
 from dr_core.models.checkpoint import CheckpointMeta
 from dr_core.models.heads import to_probs
+from dr_core.runtime.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +35,10 @@ class GradeProbabilities(nn.Module):
         return to_probs(self.head, self.model(x), self.num_classes)
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file, read in blocks."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def handover_metadata(meta: CheckpointMeta, point: dict[str, Any], checkpoint: Path) -> dict[str, str]:
     """Everything a consumer needs around the graph, as the string pairs ONNX metadata holds."""
     return {
-        "drgrade.checkpoint_sha256": file_digest(checkpoint),
+        "drgrade.checkpoint_sha256": file_sha256(checkpoint),
         "drgrade.model_name": meta.model_name,
         "drgrade.input": json.dumps({"layout": "NCHW", "size": meta.image_size, "mean": list(meta.mean),
                                      "std": list(meta.std), "range": "RGB scaled to 0..1, then (x - mean) / std"}),

@@ -1,6 +1,8 @@
 """Atomic file writes: readers (and an interrupted run) never see half a file under the final name."""
 from __future__ import annotations
 
+import hashlib
+
 import os
 import tempfile
 from pathlib import Path
@@ -34,3 +36,12 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks: ties an operating point or an export to its checkpoint."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
