@@ -277,3 +277,26 @@ def test_validate_predictions_names_the_row() -> None:
 def test_grade_names() -> None:
     assert m.grade_names(5)[0] == "No DR" and m.grade_names(5)[4] == "Proliferative"
     assert m.grade_names(3) == ["grade 0", "grade 1", "grade 2"]
+
+
+def _qwk_reference(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
+    """The hand-written QWK that scikit-learn replaced, kept here to compare figures."""
+    observed = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k).astype(float)
+    grades = np.arange(k)
+    weights = (grades[:, None] - grades[None, :]) ** 2 / (k - 1) ** 2
+    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
+    chance = (weights * expected).sum()
+    return float("nan") if chance == 0 else 1 - (weights * observed).sum() / chance
+
+
+def test_library_metrics_give_the_hand_written_figures_on_fixed_inputs():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 40))
+        y_true = rng.integers(0, 5, n)
+        y_pred = np.where(rng.random(n) < 0.6, y_true, rng.integers(0, 5, n))
+        expected = _qwk_reference(y_true, y_pred, 5)
+        got = m.quadratic_weighted_kappa(y_true, y_pred, 5)
+        assert (np.isnan(expected) and np.isnan(got)) or abs(got - expected) < 1e-12
+    same = np.array([2, 2, 2])
+    assert np.isnan(m.quadratic_weighted_kappa(same, same, 5))  # no chance disagreement: undefined

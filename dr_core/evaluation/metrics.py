@@ -12,10 +12,11 @@ called referable when ``score >= threshold``.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
+from sklearn import metrics as skm
 
 from dr_core.evaluation.bootstrap import bootstrap_ci
 from dr_core.evaluation.calibration import DEFAULT_BINS, brier_score, expected_calibration_error, log_loss
@@ -33,76 +34,57 @@ def grade_names(num_classes: int) -> list[str]:
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts ``(K, K)``: row = true grade, column = predicted grade."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    flat = np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes)
+    """Counts ``(K, K)``: row = true grade, column = predicted grade, over the full scale."""
+    return skm.confusion_matrix(np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64),
+                                labels=np.arange(num_classes))
 
 
 def quadratic_weighted_kappa(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Cohen's kappa with quadratic weights over the full scale ``0..num_classes-1``.
+    """Cohen's kappa with quadratic weights over the full scale ``0..num_classes-1`` (scikit-learn).
 
-    The weight of a disagreement is ``(i - j)^2 / (K - 1)^2`` whatever grades occur in the
-    data (sklearn agrees when given ``labels=range(K)``). ``NaN`` when chance disagreement is
-    zero, i.e. truth and prediction are the same single grade throughout.
+    ``NaN`` when chance disagreement is zero, i.e. truth and prediction are the same single grade
+    throughout, where scikit-learn would divide by zero.
     """
-    observed = confusion_matrix(y_true, y_pred, num_classes).astype(np.float64)
-    n = observed.sum()
-    if n == 0:
+    if len(y_true) == 0:
         return math.nan
-    grades = np.arange(num_classes)
-    weights = (grades[:, None] - grades[None, :]) ** 2 / max(num_classes - 1, 1) ** 2
-    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / n
-    chance = float((weights * expected).sum())
-    if chance == 0.0:
-        return math.nan
-    return 1.0 - float((weights * observed).sum()) / chance
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = skm.cohen_kappa_score(y_true, y_pred, labels=np.arange(num_classes), weights="quadratic")
+    return float(value) if np.isfinite(value) else math.nan
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Fraction of exact grade matches."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return float(np.mean(y_true == y_pred)) if len(y_true) else math.nan
+    return float(skm.accuracy_score(y_true, y_pred)) if len(y_true) else math.nan
 
 
 def per_class_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
-    """Precision, recall, F1 and support for every grade, each an array of length K.
+    """Precision, recall, F1 and support for every grade, each an array of length K (scikit-learn).
 
     Precision is ``NaN`` for a grade never predicted, recall for a grade absent from
     ``y_true``; F1 is ``NaN`` when both are, and 0 when there is no true positive.
     """
-    cm = confusion_matrix(y_true, y_pred, num_classes).astype(np.float64)
-    tp = np.diag(cm)
-    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, np.nan)
-        recall = np.where(support > 0, tp / support, np.nan)
-        f1 = np.where(tp > 0, 2 * tp / (predicted + support), 0.0)
-    f1 = np.where((predicted == 0) & (support == 0), np.nan, f1)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=np.arange(num_classes), zero_division=np.nan)
     return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Mean recall over the grades present in ``y_true`` (as sklearn)."""
-    recall = per_class_scores(y_true, y_pred, num_classes)["recall"]
-    return _nanmean(recall)
+    """Mean recall over the grades present in ``y_true`` (scikit-learn's balanced accuracy)."""
+    return _nanmean(per_class_scores(y_true, y_pred, num_classes)["recall"])
 
 
 def f1_macro(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Unweighted mean F1 over grades that occur in ``y_true`` or ``y_pred`` (as sklearn)."""
+    """Unweighted mean F1 over grades that occur in ``y_true`` or ``y_pred`` (as scikit-learn's macro F1)."""
     return _nanmean(per_class_scores(y_true, y_pred, num_classes)["f1"])
 
 
 def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties count one half); ``NaN`` with one class."""
+    """Area under the ROC curve (scikit-learn; ties count one half); ``NaN`` with one class."""
     y = np.asarray(y, dtype=bool)
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return math.nan
-    ranks = rankdata(np.asarray(score, dtype=np.float64))
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y, np.asarray(score, dtype=np.float64)))
 
 
 def auc_one_vs_rest(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
