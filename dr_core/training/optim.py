@@ -1,4 +1,9 @@
-"""AdamW parameter groups and the warmup + cosine learning-rate schedule."""
+"""AdamW parameter groups and the warmup + cosine learning-rate schedule.
+
+Why not timm's: ``timm.optim.param_groups_weight_decay`` has no head/backbone split (stage 1 trains the
+head alone, stage 2 may give the backbone a lower LR), and ``timm.scheduler.CosineLRScheduler`` starts its
+warmup at ``warmup_lr_init`` instead of ``lr / warmup_steps``, which would change every trained figure.
+"""
 from __future__ import annotations
 
 import math
