@@ -8,7 +8,7 @@ import numpy as np
 
 LABEL_HEIGHT = 22  # px of caption above each pair
 GAP = 6  # px between pairs
-BACKGROUND = (48, 48, 48)
+BACKGROUND = (48, 48, 48)  # grey: equal channels, so make_grid's one pad value matches
 TEXT = (235, 235, 235)
 
 
@@ -29,6 +29,8 @@ def make_contact_sheet(pairs: Sequence[tuple[np.ndarray, np.ndarray, str]], tile
                        columns: int = 2) -> np.ndarray:
     """Lay out (original, processed, caption) triples as a grid of side-by-side pairs.
 
+    Each cell (caption above the pair) is drawn here; torchvision's ``make_grid`` lays the cells out.
+
     Args:
         pairs: RGB uint8 images of any size (each is letterboxed into a tile) and a short caption
             (for example ``"train 10_left grade 2"``).
@@ -36,22 +38,30 @@ def make_contact_sheet(pairs: Sequence[tuple[np.ndarray, np.ndarray, str]], tile
         columns: pairs per row.
 
     Returns:
-        RGB uint8 image; an empty grey tile row if ``pairs`` is empty.
+        RGB uint8 image; an empty grey cell if ``pairs`` is empty.
     """
+    import torch
+    from torchvision.utils import make_grid
+
     if tile < 16 or columns < 1:
         raise ValueError(f"make_contact_sheet: tile must be >= 16 and columns >= 1, got {tile}, {columns}")
-    cell_w, cell_h = 2 * tile + GAP, tile + LABEL_HEIGHT
-    rows = max(1, -(-len(pairs) // columns))
-    sheet = np.full((rows * (cell_h + GAP) + GAP, columns * (cell_w + GAP) + GAP, 3), BACKGROUND, np.uint8)
+    cells = [_cell(original, processed, caption, tile) for original, processed, caption in pairs]
+    if not cells:
+        cells = [np.full((tile + LABEL_HEIGHT, 2 * tile + GAP, 3), BACKGROUND, np.uint8)]
+    batch = torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
+    grid = make_grid(batch, nrow=columns, padding=GAP, pad_value=BACKGROUND[0])
+    return np.ascontiguousarray(grid.permute(1, 2, 0).numpy())
+
+
+def _cell(original: np.ndarray, processed: np.ndarray, caption: str, tile: int) -> np.ndarray:
+    """The caption strip over the original and the processed photo, side by side."""
+    cell = np.full((tile + LABEL_HEIGHT, 2 * tile + GAP, 3), BACKGROUND, np.uint8)
     scale = 0.45 * LABEL_HEIGHT / 22
-    for i, (original, processed, caption) in enumerate(pairs):
-        y = GAP + (i // columns) * (cell_h + GAP)
-        x = GAP + (i % columns) * (cell_w + GAP)
-        cv2.putText(sheet, _clip_text(caption, cell_w, scale), (x + 2, y + LABEL_HEIGHT - 7),
-                    cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT, 1, cv2.LINE_AA)
-        sheet[y + LABEL_HEIGHT:y + cell_h, x:x + tile] = fit_tile(original, tile)
-        sheet[y + LABEL_HEIGHT:y + cell_h, x + tile + GAP:x + cell_w] = fit_tile(processed, tile)
-    return sheet
+    cv2.putText(cell, _clip_text(caption, cell.shape[1], scale), (2, LABEL_HEIGHT - 7),
+                cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT, 1, cv2.LINE_AA)
+    cell[LABEL_HEIGHT:, :tile] = fit_tile(original, tile)
+    cell[LABEL_HEIGHT:, tile + GAP:] = fit_tile(processed, tile)
+    return cell
 
 
 def _clip_text(text: str, width: int, scale: float) -> str:
