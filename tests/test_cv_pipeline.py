@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import pandas as pd
 import pytest
 
-from test_pipeline_e2e import _run
+from test_pipeline_e2e import _run, run_queue
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +36,7 @@ def test_each_photo_is_tested_once_and_the_folds_are_pooled(cv_project):
 def test_a_learning_curve_is_a_queued_grid_of_cross_validations(cv_project, tmp_path):
     _run(["dvc", "exp", "run", "--queue", "cv/dvc.yaml", "-n", "lc", "-S", "split.train_fraction=0.5,1.0"],
          cv_project)
-    _run(["dvc", "queue", "start", "-j", "1"], cv_project)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        status = _run(["dvc", "queue", "status"], cv_project, stdout_only=True)
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(5)
-    assert "Failed" not in status, status + _run(["dvc", "queue", "logs", "lc-1"], cv_project)
+    run_queue(cv_project, jobs=1, timeout_s=900)
     out = _run([sys.executable, "-m", "research.learning_curve", "--json", str(tmp_path / "lc.json")], cv_project)
     result = json.loads((tmp_path / "lc.json").read_text())
     assert [r["share"] for r in result["rows"]] == [0.5, 1.0], out

@@ -115,17 +115,24 @@ def test_plots_render_to_html(project):
         assert needle in html, needle
 
 
-def test_queued_experiments_run_in_parallel_and_reuse_the_cache(project):
+def run_queue(project: Path, jobs: int, timeout_s: int = 600) -> str:
+    """Start the queued experiments with ``jobs`` workers and wait for them; returns `dvc queue status`."""
     import time
-    _run(["dvc", "exp", "run", "--queue", "-S", "train.loss=ce,weighted_ce"], project)
-    _run(["dvc", "queue", "start", "-j", "2"], project)
-    deadline = time.time() + 600
+
+    _run(["dvc", "queue", "start", "-j", str(jobs)], project)
+    deadline = time.time() + timeout_s
     while time.time() < deadline:
         status = _run(["dvc", "queue", "status"], project, stdout_only=True)
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(3)
     assert "Failed" not in status, status + _run(["dvc", "queue", "logs", status.split()[-1]], project)
+    return status
+
+
+def test_queued_experiments_run_in_parallel_and_reuse_the_cache(project):
+    _run(["dvc", "exp", "run", "--queue", "-S", "train.loss=ce,weighted_ce"], project)
+    run_queue(project, jobs=2)
     _run(["dvc", "queue", "stop", "--kill"], project)
     rows = json.loads(_run(["dvc", "exp", "show", "--json"], project, stdout_only=True))
     exps = [e for row in rows for e in (row.get("experiments") or [])]
