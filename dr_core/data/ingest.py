@@ -36,6 +36,8 @@ ID_COLUMNS = ("id_code", "image")
 LABEL_COLUMNS = ("diagnosis", "level")
 PATIENT_COLUMNS = ("patient_id", "patient")
 EYEPACS_ID = r"(\d+)_(?:left|right)"  # 10_left -> patient 10
+# An id may name the file itself (10_left.jpeg): the extension is no part of the EyePACS pattern.
+KNOWN_EXTENSION = re.compile("(?:" + "|".join(re.escape(e) for e in IMAGE_EXTENSIONS) + ")$", re.IGNORECASE)
 INTEGER = r"[+-]?\d+(?:\.0*)?"  # "2" and "2.0" are grades, "2.5" is not
 MAX_LISTED = 10
 
@@ -174,21 +176,45 @@ def _parse_grades(values: pd.Series, col: str, num_classes: int, csv_path: Path)
     return numeric.astype(int)
 
 
+def eyepacs_patients(ids: pd.Series) -> pd.Series:
+    """The patient number of each EyePACS id (``10_left`` and ``10_left.jpeg`` -> ``10``), NaN where the
+    id does not follow the pattern."""
+    stems = ids.str.replace(KNOWN_EXTENSION, "", regex=True)
+    return stems.str.extract(f"^{EYEPACS_ID}$", flags=re.IGNORECASE, expand=False)
+
+
 def _patients(frame: pd.DataFrame, ids: pd.Series, source: str,
               csv_path: Path) -> tuple[pd.Series, str]:
-    """Patient per photograph and where it came from (see ``DataConfig.patient``)."""
+    """Patient per photograph and where it came from (see ``DataConfig.patient``).
+
+    ``auto`` takes a patient column, else EyePACS ids when every id follows the pattern. When most do and
+    some do not, it stops: one patient per photograph would put the two eyes of a patient in different
+    splits without a word.
+    """
     if source == "auto":
         column = next((c for c in frame.columns if c.lower() in PATIENT_COLUMNS), None)
+        number = eyepacs_patients(ids)
+        stray = ids[number.isna()]
         if column is not None:
             source = column
-        elif ids.str.fullmatch(EYEPACS_ID, flags=re.IGNORECASE).all():
+        elif stray.empty:
             source = "eyepacs"
+        elif len(stray) < len(ids) / 2:
+            raise DataError(f"{csv_path}: {len(ids) - len(stray)} of {len(ids)} ids are EyePACS ids "
+                            f"('<number>_left' or '<number>_right', which give the patient) but {len(stray)} are "
+                            f"not: {listing(_rows(stray))}. Correct these ids, or set data.patient to a patient "
+                            "column, or to 'none' (one patient per photograph: both eyes of a patient may then "
+                            "land in different splits)")
         else:
+            if len(stray) < len(ids):
+                logger.warning("%s: only %d of %d ids are EyePACS ids (<number>_left/_right); one patient per "
+                               "photograph. Set data.patient if the photographs share patients", csv_path,
+                               len(ids) - len(stray), len(ids))
             source = "none"
     if source == "none":
         return ids, "none"
     if source == "eyepacs":
-        number = ids.str.extract(f"^{EYEPACS_ID}$", flags=re.IGNORECASE, expand=False)
+        number = eyepacs_patients(ids)
         bad = ids[number.isna()]
         if len(bad):
             raise DataError(f"{csv_path}: data.patient is 'eyepacs' but {len(bad)} id(s) are not "
