@@ -99,7 +99,7 @@ def _read_csv(csv_path: Path) -> pd.DataFrame:
     """All cells as stripped strings, indexed by CSV line number, blank lines dropped."""
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: labels CSV not found (looked at {csv_path.resolve()}); "
-                        "pass --labels-csv or set data.labels_csv")
+                        "check --labels-csv, or the source's labels_csv (data.sources.<name>.labels_csv)")
     rows, lines = [], []
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
@@ -239,7 +239,7 @@ def find_image_files(ids: pd.Series, img_dir: Path) -> pd.Series:
     """
     if not img_dir.is_dir():
         raise DataError(f"{img_dir}: image folder not found (looked at {img_dir.resolve()}); "
-                        "pass --img-dir or set data.img_dir")
+                        "check --img-dir, or the source's img_dir (data.sources.<name>.img_dir)")
     by_stem: dict[str, list[str]] = {}
     linked_out: list[str] = []
     root = img_dir.resolve()
@@ -273,7 +273,7 @@ def missing_files_message(missing: pd.DataFrame, n_total: int, img_dir: Path, cs
     items = [f"line {row.line}: {row.id!r}" for row in missing.itertuples()]
     return (f"{img_dir}: {len(missing)} of {n_total} photographs listed in {csv_path} have no image "
             f"file (looked for <id> plus one of {', '.join(IMAGE_EXTENSIONS)}): {listing(items)}. "
-            "Check --img-dir (data.img_dir), add the files, or remove these rows")
+            "Check --img-dir (data.sources.<name>.img_dir), add the files, or remove these rows")
 
 
 def enforce_bad_image_policy(bad: pd.DataFrame, n_total: int, data: DataConfig, csv_path: Path) -> None:
@@ -295,8 +295,8 @@ def enforce_bad_image_policy(bad: pd.DataFrame, n_total: int, data: DataConfig, 
         raise DataError(f"{csv_path}: {len(bad)} of {n_total} photographs are unusable: {items}. "
                         "Fix or remove them, or set data.on_bad_image: skip to leave them out "
                         "(they are then listed in bad_images.csv)")
-    logger.warning("leaving out %d of %d photographs (%.1f%%, data.on_bad_image=skip): %s",
-                   len(bad), n_total, 100 * fraction, items)
+    logger.warning("%s: leaving out %d of %d photographs (%.1f%%, data.on_bad_image=skip): %s",
+                   csv_path, len(bad), n_total, 100 * fraction, items)
 
 
 @dataclass(frozen=True)
