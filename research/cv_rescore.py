@@ -38,6 +38,7 @@ from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from dr_core.config import ConfigError, Params, load_params
+from dr_core.data.cache import image_paths
 from dr_core.evaluation.crossval import read_folds
 from dr_core.evaluation.cutpoints import apply_cutpoints, decide_grades, optimize_cutpoints
 from dr_core.evaluation.evaluate import load_raw_images
@@ -72,9 +73,15 @@ def fold_runs(cv_dir: Path, params: Params) -> list[dict[str, Any]]:
 
 def _split_images(fold: dict[str, Any], split: str, cache_size: int) -> tuple[pd.DataFrame, np.ndarray]:
     params: Params = fold["params"]
-    table = pd.read_csv(fold["split"] / f"{split}.csv")
+    csv = fold["split"] / f"{split}.csv"
+    table = pd.read_csv(csv)
     pre = dataclasses.replace(params.preprocess, cache_size=cache_size)
-    return table, load_raw_images(table["file"].tolist(), Path(params.data.img_dir), pre)
+    return table, load_raw_images(image_paths(table, _img_dirs(params), csv), pre)
+
+
+def _img_dirs(params: Params) -> dict[str, Path]:
+    """Each source's photograph folder (data.sources), where the split CSVs' ``file`` lies."""
+    return {name: Path(source.img_dir) for name, source in params.data.sources.items()}
 
 
 def resolution(folds: list[dict[str, Any]], cache_size: int, sizes: list[int]) -> list[dict[str, Any]]:
@@ -205,7 +212,7 @@ def probe(folds: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
     photos = pd.concat([pd.read_csv(folds[0]["split"] / f"{s}.csv", dtype={"id": str, "patient": str})
                         for s in ("train", "val", "test")], ignore_index=True)
     start = time.time()
-    images = load_raw_images(photos["file"].tolist(), Path(params.data.img_dir),
+    images = load_raw_images(image_paths(photos, _img_dirs(params), folds[0]["split"]),
                              dataclasses.replace(params.preprocess, cache_size=size))
     feats = frozen_features(images, build_model(params.model))
     log.info("frozen features of %d photos at %d px in %.0f s", len(photos), size, time.time() - start)

@@ -1,6 +1,7 @@
 """Stage `preprocess`: crop, CLAHE and resize every split image into data/cache (see dr_core.data.cache).
 
-The photographs are read from ``data.img_dir`` in params.yaml, never from the command line.
+Each photograph is read from its source's ``img_dir`` (``data.sources`` in params.yaml), never from the
+command line.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from stages import run
 from dr_core.config import load_params
 from dr_core.runtime.logs import setup_logging
 
-PARAMS = ("preprocess", "data.img_dir")  # = its params in dvc.yaml (tests/test_dvc_deps.py)
+PARAMS = ("preprocess", "data.sources")  # = its params in dvc.yaml (tests/test_dvc_deps.py)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     # which spares the 6 s and 1 GB of importing timm to check model.name.
     params = load_params(args.params, validate=False).only(PARAMS, "preprocess")
     params.preprocess.validate()
-    build_cache(args.split_dir, Path(params.data.img_dir), args.out, params.preprocess)
+    img_dirs = {name: Path(source.img_dir) for name, source in params.data.sources.items()}
+    build_cache(args.split_dir, img_dirs, args.out, params.preprocess)
 
 
 if __name__ == "__main__":

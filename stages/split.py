@@ -1,7 +1,7 @@
-"""Stage `split`: validate labels and photographs, find duplicates, split by patient.
+"""Stage `split`: merge the validated sources, find duplicates across them, split by patient.
 
-The labels and photographs are ``data.labels_csv`` and ``data.img_dir``, read from params.yaml here: no
-path from the settings ever passes through a shell command line.
+The sources are those ``data.sources`` lists in params.yaml, read back from ``--sources`` (the folders the
+``sources`` stage writes); folders of sources no longer listed are ignored.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dr_core.data.split import run_split
 from dr_core.runtime.io import write_atomic
 from dr_core.runtime.logs import setup_logging
 
-PARAMS = ("seed", "data", "split", "model.num_classes", "preprocess.workers")  # = dvc.yaml (tests/test_dvc_deps.py)
+PARAMS = ("seed", "data", "split", "model.num_classes")  # = dvc.yaml (tests/test_dvc_deps.py)
 FOLD_PARAMS = PARAMS + ("cv.folds",)  # with --fold, as in cv/dvc.yaml
 
 logger = logging.getLogger("stages.split")
@@ -26,6 +26,8 @@ logger = logging.getLogger("stages.split")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sources", type=Path, default=Path("data/sources"),
+                        help="the sources stage's folders, one per source")
     parser.add_argument("--out", type=Path, required=True, help="folder for {train,val,test}.csv and reports")
     parser.add_argument("--metrics", type=Path, default=None,
                         help="also write summary.json here (DVC metric)")
@@ -40,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         params, declared = fold_params(params, args.fold), FOLD_PARAMS
     params = params.only(declared, "split")
     try:
-        summary = run_split(Path(params.data.labels_csv), Path(params.data.img_dir), args.out, params.data, params.split,
-                            params.model.num_classes, params.seed, params.preprocess.workers)
+        summary = run_split(args.sources, args.out, params.data, params.split, params.model.num_classes, params.seed)
     except DataError as err:
         logger.error("split stopped: bad input data")
         print(f"error: {err}", file=sys.stderr)

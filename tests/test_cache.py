@@ -125,13 +125,30 @@ def test_resolve_workers():
         resolve_workers(-1, 10)
 
 
-def test_stage_script_reads_params(dataset, tmp_path):
+def test_stage_script_reads_each_photo_from_its_sources_folder(dataset, tmp_path):
     script = Path(__file__).resolve().parents[1] / "stages" / "preprocess.py"
     spec = importlib.util.spec_from_file_location("stage_preprocess", script)
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     split_dir, img_dir = dataset
+    other = tmp_path / "other images"
+    other.mkdir()
+    for split in COUNTS:  # the JPEGs come from a second source, in a folder of its own
+        table = pd.read_csv(split_dir / f"{split}.csv")
+        table.insert(1, "source", np.where(table["file"].str.endswith(".jpeg"), "b", "a"))
+        for name in table.loc[table["source"] == "b", "file"]:
+            (img_dir / name).rename(other / name)
+        table.to_csv(split_dir / f"{split}.csv", index=False)
     params = tmp_path / "params.yaml"
-    params.write_text(f"preprocess:\n  cache_size: {SIZE}\n  workers: 1\ndata:\n  img_dir: {img_dir}\n")
+    params.write_text(f"preprocess:\n  cache_size: {SIZE}\n  workers: 1\ndata:\n  sources:\n"
+                      f"    a: {{labels_csv: a.csv, img_dir: '{img_dir}'}}\n    b: {{labels_csv: b.csv, img_dir: '{other}'}}\n")
     stage.main(["--split-dir", str(split_dir), "--out", str(tmp_path / "c"), "--params", str(params)])
-    assert load_cache(tmp_path / "c", "train")[0].shape == (COUNTS["train"], SIZE, SIZE, 3)
+    images, meta = load_cache(tmp_path / "c", "train")
+    assert images.shape == (COUNTS["train"], SIZE, SIZE, 3) and set(meta["source"]) == {"a", "b"}
+    info = json.loads((tmp_path / "c" / "cache_info.json").read_text())
+    assert info["img_dirs"] == {"a": str(img_dir), "b": str(other)}
+    params.write_text(f"preprocess:\n  cache_size: {SIZE}\n  workers: 1\ndata:\n  sources:\n"
+                      f"    a: {{labels_csv: a.csv, img_dir: '{img_dir}'}}\n")
+    with pytest.raises(ValueError, match=r"train\.csv: photographs of source\(s\) \['b'\], which data\.sources "
+                                         r"does not list"):
+        stage.main(["--split-dir", str(split_dir), "--out", str(tmp_path / "c2"), "--params", str(params)])

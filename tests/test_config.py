@@ -29,7 +29,6 @@ def test_tests_read_the_committed_params_not_the_workspace(tmp_path):
 def test_every_guide_flag_has_a_param():
     raw = yaml.safe_load(committed_text("params.yaml"))
     flags = {
-        "labels-csv": ("data", "labels_csv"), "img-dir": ("data", "img_dir"),
         "model-name": ("model", "name"), "num-classes": ("model", "num_classes"),
         "pretrained": ("model", "pretrained"), "two-stage": ("train", "two_stage"),
         "epochs-stage1": ("train", "epochs_stage1"), "epochs-stage2": ("train", "epochs_stage2"),
@@ -44,6 +43,8 @@ def test_every_guide_flag_has_a_param():
     for flag, (section, key) in flags.items():
         assert key in raw[section], f"--{flag} has no params.yaml key {section}.{key}"
     assert "seed" in raw  # --random-seed
+    # --labels-csv and --img-dir: each source's own, data.sources.<name>.labels_csv and .img_dir
+    assert raw["data"]["sources"] and all({"labels_csv", "img_dir"} <= set(s) for s in raw["data"]["sources"].values())
     # --save-dir is the train stage's output path in dvc.yaml
     assert "--save-dir models" in (REPO / "dvc.yaml").read_text()
 
@@ -127,7 +128,7 @@ def test_a_change_to_a_stages_settings_while_it_runs_is_named(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     started = load_params(path).only(PARAMS, "train").to_dict()
     check_params_unchanged(path, PARAMS, "train", started)
-    raw["data"]["labels_csv"], raw["evaluate"]["bootstrap"] = "elsewhere.csv", 7  # not the train stage's
+    raw["data"]["on_bad_image"], raw["evaluate"]["bootstrap"] = "error", 7  # not the train stage's
     path.write_text(yaml.safe_dump(raw))
     check_params_unchanged(path, PARAMS, "train", started)
     epochs, raw["train"]["epochs_stage2"], raw["train"]["loss"] = raw["train"]["epochs_stage2"], 99, "ordinal"
@@ -139,3 +140,29 @@ def test_a_change_to_a_stages_settings_while_it_runs_is_named(tmp_path):
     path.write_text("train: [half written")
     with pytest.raises(ParamsChangedError, match="no longer loads"):
         check_params_unchanged(path, PARAMS, "train", started)
+
+
+def test_a_stage_may_declare_one_entry_of_a_mapping():
+    """A foreach stage declares its own source (data.sources.<name>) and sees no other."""
+    from dr_core.config import UndeclaredParamError
+
+    two = {"a": {"labels_csv": "a.csv", "img_dir": "a"}, "b": {"labels_csv": "b.csv", "img_dir": "b", "patient": "none"}}
+    params = params_from_dict({"data": {"sources": two}}, validate=False)
+    seen = params.only(["data.sources.b", "data.patient"], "sources")
+    assert list(seen.data.sources) == ["b"] and seen.data.sources["b"].patient == "none"
+    with pytest.raises(UndeclaredParamError, match=r"read 'data\.sources\.a'.*Add 'data\.sources\.a'"):
+        seen.data.sources["a"]
+    with pytest.raises(UndeclaredParamError, match=r"read 'data\.id_col'"):
+        seen.data.sources["b"].resolved(seen.data)  # a source without its own id_col reads data.id_col
+    assert seen.to_dict()["data"]["sources"] == {"b": {**two["b"], "id_col": "", "label_col": ""}}
+    with pytest.raises(ConfigError, match=r"declares 'data\.sources\.c', but data\.sources has no entry 'c'"):
+        params.only(["data.sources.c"], "sources")
+
+
+def test_renamed_data_keys_say_where_they_went():
+    with pytest.raises(ConfigError, match=r"data\.labels_csv is now data\.sources\.<name>\.labels_csv"):
+        params_from_dict({"data": {"labels_csv": "x.csv"}}, validate=False)
+    with pytest.raises(ConfigError, match=r"data\.sources: empty"):
+        params_from_dict({"data": {"sources": {}}}, validate=False).data.validate()
+    with pytest.raises(ConfigError, match=r"data\.sources\.x\.img_dir: missing"):
+        params_from_dict({"data": {"sources": {"x": {"labels_csv": "x.csv"}}}}, validate=False).data.validate()

@@ -89,7 +89,9 @@ def declared_params(stage: dict) -> set[str]:
 
 
 def stages_of(pipeline: str, root: Path = REPO) -> dict[str, dict]:
-    return yaml.safe_load((root / pipeline).read_text())["stages"]
+    """The stages of a dvc.yaml; a ``foreach`` stage as its ``do`` body (``${key}`` left unresolved)."""
+    stages = yaml.safe_load((root / pipeline).read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in stages.items()}
 
 
 def stage_root(pipeline: str, stage: dict) -> Path:
@@ -98,7 +100,8 @@ def stage_root(pipeline: str, stage: dict) -> Path:
 
 
 def stage_reads(stage: dict) -> tuple[str, ...]:
-    """The settings the stage's module declares for this command: ``FOLD_PARAMS`` with ``--fold``."""
+    """The settings the stage's module declares for this command: ``FOLD_PARAMS`` with ``--fold``. A
+    foreach stage's ``PARAMS`` hold ``${key}`` verbatim, as its dvc.yaml entry does."""
     module = importlib.import_module(stage_module(stage["cmd"]))
     return module.FOLD_PARAMS if "--fold" in stage["cmd"].split() else module.PARAMS
 
@@ -147,6 +150,18 @@ def test_closure_follows_function_level_and_package_imports(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(("pipeline", "name"), CASES)
 def test_no_setting_is_pasted_into_a_shell_command(pipeline: str, name: str) -> None:
-    """A path such as ``my photos/`$(touch PWNED)`` must never reach the shell: stages read params themselves."""
+    """A path such as ``my photos/`$(touch PWNED)`` must never reach the shell: stages read params themselves.
+    Only a matrix item (a fold number) or a foreach ``${key}`` may: a source's name, which
+    params.yaml allows as letters, digits, '_' and '-' only (dr_core.config.params.SOURCE_NAME)."""
     cmd = stages_of(pipeline)[name]["cmd"]
-    assert not re.search(r"\$\{(?!item\.)", cmd), f"{pipeline}: stage {name!r} puts a setting into its command: {cmd!r}"
+    assert not re.search(r"\$\{(?!item\.fold\}|key\})", cmd), \
+        f"{pipeline}: stage {name!r} puts a setting into its command: {cmd!r}"
+
+
+def test_foreach_names_are_safe_in_a_command() -> None:
+    from dr_core.config import ConfigError, params_from_dict
+
+    for name in ("a b", "x;touch PWNED", "$(id)", "a.b", "../up"):
+        folder = {name: {"labels_csv": "l.csv", "img_dir": "i"}}
+        with pytest.raises(ConfigError, match="must be letters, digits"):
+            params_from_dict({"data": {"sources": folder}}, validate=False).data.validate()

@@ -64,7 +64,7 @@ def test_both_layouts_are_detected(tmp_path, layout):
     assert labels.table["line"].tolist() == [2, 3, 4, 5]
 
 
-def test_eyepacs_ids_give_patients_and_other_ids_one_patient_each(tmp_path):
+def test_eyepacs_ids_give_patients_and_other_ids_one_patient_each(tmp_path, caplog):
     labels = read_labels(write_csv(tmp_path, "image,level\n10_left,0\n10_right,1\n7_LEFT,2\n"),
                          DataConfig(), 5)
     assert labels.patient_source == "eyepacs"
@@ -72,6 +72,26 @@ def test_eyepacs_ids_give_patients_and_other_ids_one_patient_each(tmp_path):
     labels = read_labels(write_csv(tmp_path, "image,level\n10_left,0\nscan_3,1\n"), DataConfig(), 5)
     assert labels.patient_source == "none"
     assert labels.table["patient"].tolist() == ["10_left", "scan_3"]
+    assert "only 1 of 2 ids are EyePACS ids" in caplog.text  # said, not silent
+
+
+def test_eyepacs_ids_with_their_extension_keep_patients_together(tmp_path):
+    """Issue 28: ``10_left.jpeg`` found its file but fell back to one patient per photograph."""
+    csv = write_csv(tmp_path, "image,level\n10_left.jpeg,0\n10_right.JPEG,1\n7_left.png,2\n7_right,2\n")
+    labels = read_labels(csv, DataConfig(), 5)
+    assert labels.patient_source == "eyepacs"
+    assert labels.table["patient"].tolist() == ["10", "10", "7", "7"]
+    assert read_labels(csv, DataConfig(patient="eyepacs"), 5).table["patient"].tolist() == ["10", "10", "7", "7"]
+
+
+def test_one_stray_id_among_eyepacs_ids_stops_with_its_line(tmp_path):
+    """Issue 28: one id off the pattern used to turn the whole file into one patient per photograph."""
+    rows = "".join(f"{p}_{eye},0\n" for p in range(10, 15) for eye in ("left", "right"))
+    csv = write_csv(tmp_path, "image,level\n" + rows + "scan_3.jpeg,1\n")
+    with pytest.raises(DataError, match=r"labels\.csv: 10 of 11 ids are EyePACS ids .* but 1 are not: "
+                                        r"line 12: 'scan_3\.jpeg'\. Correct these ids, or set data\.patient"):
+        read_labels(csv, DataConfig(), 5)
+    assert read_labels(csv, DataConfig(patient="none"), 5).patient_source == "none"
 
 
 def test_patient_column_wins_and_can_be_named(tmp_path):

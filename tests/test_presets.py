@@ -1,6 +1,7 @@
 """Presets: YAML overrides checked against params.yaml and turned into `dvc exp run -S` args."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,20 @@ def test_real_cpu_preset_is_valid_and_points_at_the_real_photos():
     flat = merged(ROOT / "params.yaml", overrides)
     assert flat["train.loss"] == "regression" and flat["evaluate.grade_rule"] == "qwk"
     assert flat["preprocess.cache_size"] >= flat["train.image_size"]
+    assert flat["data.sources"] == {"eyepacs": {"labels_csv": "../shared/data/eyepacs-dev/labels.csv",
+                                                "img_dir": "../shared/data/eyepacs-dev/images"}}  # demo is gone
     args = to_set_args(overrides, absolute=True, root=ROOT)
-    labels = [a for a in args if a.startswith("data.labels_csv=")][0]
+    assert args[:2] == ["-S", "data.sources=null"]  # DVC: replace params.yaml's sources, then add the preset's
+    labels = [a for a in args if a.startswith("+data.sources.eyepacs.labels_csv=")][0]
     assert Path(labels.split("=", 1)[1]).is_absolute()
+    assert not [a for a in args if a != shlex.quote(a)]  # nothing for `$(...)` in the Makefile to mangle
+
+
+def test_a_preset_cannot_leave_the_sources_empty(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("data:\n  sources: {}\n")
+    with pytest.raises(ConfigError, match="data.sources replaces params.yaml's as a whole"):
+        read_preset(empty)
 
 
 def test_a_typo_in_a_preset_fails_with_the_key(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Patient-grouped stratified split and the split stage end to end."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -13,14 +14,35 @@ import pandas as pd
 import pytest
 import yaml
 
-from dr_core.config import DataConfig, SplitConfig, load_params
+from dr_core.config import DataConfig, SourceConfig, SplitConfig, load_params
 from dr_core.data.ingest import DataError
-from dr_core.data.split import SPLITS, assign_folds, assign_splits, check_stratifiable, class_weights, make_splits, run_split
+from dr_core.data.sources import check_stratifiable, ingest_source
+from dr_core.data.split import SPLITS, assign_folds, assign_splits, class_weights, make_splits, run_split
 from test_ingest import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 EYEPACS_DEV = REPO.parent / "shared" / "data" / "eyepacs-dev"
 FOUR_PER_GRADE = [(g, g) for g in range(5) for _ in range(4)]  # 20 patients, 40 photos
+
+
+def split_folders(folders: dict[str, tuple[Path, Path]], out: Path, data: DataConfig = DataConfig(),
+                  split: SplitConfig = SplitConfig(), seed: int = 0, workers: int = 1,
+                  settings: dict[str, dict] | None = None) -> dict:
+    """The sources stage for each ``name: (labels CSV, image folder)`` (with that source's own
+    ``settings``), then the split stage, into ``out``; the sources' folders go to ``<out>-sources``."""
+    sources = {name: SourceConfig(str(csv), str(img_dir), **(settings or {}).get(name, {}))
+               for name, (csv, img_dir) in folders.items()}
+    data = dataclasses.replace(data, sources=sources)
+    sources_dir = out.parent / f"{out.name}-sources"
+    for name, source in sources.items():
+        ingest_source(name, source, data, 5, sources_dir / name, workers)
+    return run_split(sources_dir, out, data, split, 5, seed)
+
+
+def split_folder(csv: Path, img_dir: Path, out: Path, data: DataConfig = DataConfig(),
+                 split: SplitConfig = SplitConfig(), seed: int = 0) -> dict:
+    """One source named ``src``."""
+    return split_folders({"src": (csv, img_dir)}, out, data, split, seed)
 
 
 def _split_of(out: Path) -> pd.DataFrame:
@@ -107,12 +129,12 @@ def test_train_fraction_thins_train_by_whole_patients_and_leaves_val_and_test_al
 
 def test_run_split_with_a_train_fraction_reports_what_it_leaves_out(tmp_path):
     csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE, "eyepacs")
-    summary = run_split(csv, img_dir, tmp_path / "s", DataConfig(), SplitConfig(train_fraction=0.5), 5, 1, workers=1)
+    summary = split_folder(csv, img_dir, tmp_path / "s", DataConfig(), SplitConfig(train_fraction=0.5), 1)
     unused = pd.read_csv(tmp_path / "s" / "unused.csv")
     assert summary["train_fraction"] == 0.5 and summary["n_train_unused"] == len(unused) > 0
     assert summary["splits"]["train"]["n_images"] + len(unused) + summary["splits"]["val"]["n_images"] \
         + summary["splits"]["test"]["n_images"] == summary["n_images"]
-    plain = run_split(csv, img_dir, tmp_path / "s", DataConfig(), SplitConfig(), 5, 1, workers=1)
+    plain = split_folder(csv, img_dir, tmp_path / "s", DataConfig(), SplitConfig(), 1)
     assert "train_fraction" not in plain and not (tmp_path / "s" / "unused.csv").exists()  # no stale file
 
 
@@ -149,32 +171,46 @@ def test_class_weights_are_inverse_frequency_with_mean_one_per_photo():
 def test_run_split_writes_patient_grouped_outputs(tmp_path):
     csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE, "eyepacs")
     out = tmp_path / "split"
-    summary = run_split(csv, img_dir, out, DataConfig(), SplitConfig(), 5, seed=1, workers=1)
+    summary = split_folder(csv, img_dir, out, DataConfig(), SplitConfig(), 1)
     rows = _split_of(out)
-    assert rows.columns.tolist() == ["id", "file", "grade", "patient", "group", "split"]
+    assert rows.columns.tolist() == ["id", "source", "source_id", "file", "grade", "patient", "group", "digest",
+                                     "split"]
     assert len(rows) == 40 and rows["file"].str.endswith(".jpeg").all()
+    assert (rows["id"] == "src/" + rows["source_id"]).all() and rows["patient"].str.startswith("src/").all()
     assert (rows.groupby("patient")["split"].nunique() == 1).all()
     for name in SPLITS:
         assert set(rows.loc[rows["split"] == name, "grade"]) == set(range(5))
         assert summary["splits"][name]["n_images"] == (rows["split"] == name).sum()
-    assert summary["layout"] == "eyepacs" and summary["patient_source"] == "eyepacs"
+    assert summary["sources"]["src"]["layout"] == "eyepacs" and summary["sources"]["src"]["patient_source"] == "eyepacs"
+    assert summary["sources"]["src"]["n_images"] == 40 and summary["n_patients"] == 20
     assert summary["n_bad"] == 0 and summary["n_duplicate_groups"] == 0
     assert set(summary["class_weights"]) == {"0", "1", "2", "3", "4"}
     assert json.loads((out / "summary.json").read_text()) == summary
-    assert pd.read_csv(out / "bad_images.csv").columns.tolist() == ["id", "file", "reason"]
+    assert pd.read_csv(out / "bad_images.csv").columns.tolist() == ["source", "id", "line", "file", "reason"]
     assert not list(out.glob("*.tmp"))
+
+
+def test_eyepacs_ids_with_extensions_split_by_patient(tmp_path):
+    """Issue 28: ids written as file names (``10_left.jpeg``) group both eyes as bare ids do."""
+    csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE * 3, "eyepacs")
+    labels = pd.read_csv(csv)
+    labels.assign(image=labels["image"] + ".jpeg").to_csv(csv, index=False)
+    summary = split_folder(csv, img_dir, tmp_path / "split")
+    rows = _split_of(tmp_path / "split")
+    assert summary["sources"]["src"]["patient_source"] == "eyepacs" and summary["n_patients"] == 60
+    number = rows["source_id"].str.extract(r"^(\d+)_", expand=False)
+    assert (rows.groupby(number)["split"].nunique() == 1).all()  # no patient in two splits
 
 
 def test_run_split_with_folds_records_the_fold_and_tests_every_patient_once(tmp_path):
     csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE, "eyepacs")
     tested = []
     for fold in range(4):
-        summary = run_split(csv, img_dir, tmp_path / f"f{fold}", DataConfig(), SplitConfig(folds=4, fold=fold), 5,
-                            seed=1, workers=1)
+        summary = split_folder(csv, img_dir, tmp_path / f"f{fold}", DataConfig(), SplitConfig(folds=4, fold=fold), 1)
         assert summary["folds"] == 4 and summary["test_fold"] == fold
         tested += pd.read_csv(tmp_path / f"f{fold}" / "test.csv", dtype={"patient": str})["patient"].unique().tolist()
     assert sorted(tested) == sorted(_split_of(tmp_path / "f0")["patient"].unique())  # 20 patients, once each
-    assert "folds" not in run_split(csv, img_dir, tmp_path / "plain", DataConfig(), SplitConfig(), 5, 1, workers=1)
+    assert "folds" not in split_folder(csv, img_dir, tmp_path / "plain", DataConfig(), SplitConfig(), 1)
 
 
 def test_duplicates_stay_with_every_patient_they_touch(tmp_path):
@@ -186,14 +222,14 @@ def test_duplicates_stay_with_every_patient_they_touch(tmp_path):
     extra = pd.DataFrame({"id_code": ["copy_a", "copy_b"], "diagnosis": [1, 1], "patient_id": ["X1", "X2"]})
     pd.concat([labels, extra]).to_csv(csv, index=False)
     out = tmp_path / "split"
-    summary = run_split(csv, img_dir, out, DataConfig(dedup_max_distance=8), SplitConfig(), 5, 0, workers=1)
-    rows = _split_of(out).set_index("id")
+    summary = split_folder(csv, img_dir, out, DataConfig(dedup_max_distance=8), SplitConfig(), 0)
+    rows = _split_of(out).set_index("source_id")
     assert rows.loc["copy_a", "group"] == rows.loc["img000r", "group"]  # P0's other eye too
     assert rows.loc["copy_a", "split"] == rows.loc["img000r", "split"]
     assert rows.loc["copy_b", "split"] == rows.loc["img007l", "split"]
     assert summary["n_duplicate_groups"] == 2
     report = pd.read_csv(out / "duplicates.csv")
-    assert sorted(report["id"]) == ["copy_a", "copy_b", "img000l", "img007r"]
+    assert sorted(report["id"]) == ["src/copy_a", "src/copy_b", "src/img000l", "src/img007r"]
     assert set(report["kind"]) == {"exact", "near"}
 
 
@@ -203,17 +239,18 @@ def test_skip_policy_reports_bad_and_missing_images(tmp_path):
     (img_dir / "10_left.jpeg").write_bytes((img_dir / "10_left.jpeg").read_bytes()[:300])
     (img_dir / "11_right.jpeg").unlink()
     out = tmp_path / "split"
-    with pytest.raises(DataError, match=r"1 of 60 photographs listed in .*labels\.csv have no image file.*"
-                                        r"line 5: '11_right'"):
-        run_split(csv, img_dir, out, DataConfig(on_bad_image="error"), SplitConfig(), 5, 0, workers=1)
-    assert not out.exists()
-    summary = run_split(csv, img_dir, out, DataConfig(on_bad_image="skip"), SplitConfig(), 5, 0, workers=1)
+    with pytest.raises(DataError, match=r"^source 'src': .*1 of 60 photographs listed in .*labels\.csv have no "
+                                        r"image file.*line 5: '11_right'"):
+        split_folder(csv, img_dir, out, DataConfig(on_bad_image="error"), SplitConfig(), 0)
+    assert not out.exists() and not (tmp_path / "split-sources" / "src").exists()
+    summary = split_folder(csv, img_dir, out, DataConfig(on_bad_image="skip"), SplitConfig(), 0)
     bad = pd.read_csv(out / "bad_images.csv", keep_default_na=False)
     assert bad.to_dict("records") == [
-        {"id": "10_left", "file": "10_left.jpeg", "reason": "truncated JPEG: no end-of-image marker (FF D9)"},
-        {"id": "11_right", "file": "", "reason": "missing file"}]
-    assert summary["n_bad"] == 2 and summary["n_images"] == 58
-    assert "10_left" not in set(_split_of(out)["id"])
+        {"source": "src", "id": "10_left", "line": 2, "file": "10_left.jpeg",
+         "reason": "truncated JPEG: no end-of-image marker (FF D9)"},
+        {"source": "src", "id": "11_right", "line": 5, "file": "", "reason": "missing file"}]
+    assert summary["n_bad"] == 2 and summary["n_images"] == 58 and summary["sources"]["src"]["n_bad"] == 2
+    assert "src/10_left" not in set(_split_of(out)["id"])
 
 
 def test_too_many_bad_images_stop_under_either_policy(tmp_path):
@@ -222,13 +259,13 @@ def test_too_many_bad_images_stop_under_either_policy(tmp_path):
         cv2.imwrite(str(img_dir / f"{name}.jpeg"), np.zeros((64, 64, 3), np.uint8))
     for policy in ("skip", "error"):
         with pytest.raises(DataError, match=r"3 of 40 photographs \(7\.5%\) are unusable.*max_bad_fraction"):
-            run_split(csv, img_dir, tmp_path / "out", DataConfig(on_bad_image=policy), SplitConfig(), 5, 0, 1)
+            split_folder(csv, img_dir, tmp_path / "out", DataConfig(on_bad_image=policy), SplitConfig(), 0)
 
 
 def test_split_is_deterministic_for_a_seed(tmp_path):
     csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE * 2, "eyepacs")
     for run, seed in (("a", 5), ("b", 5), ("c", 6)):
-        run_split(csv, img_dir, tmp_path / run, DataConfig(), SplitConfig(), 5, seed, workers=1)
+        split_folder(csv, img_dir, tmp_path / run, DataConfig(), SplitConfig(), seed)
     read = lambda run: [(tmp_path / run / f"{s}.csv").read_text() for s in SPLITS]  # noqa: E731
     assert read("a") == read("b") and read("a") != read("c")
 
@@ -237,33 +274,43 @@ def test_too_few_patients_stop_before_images_are_read(tmp_path):
     csv, img_dir = write_dataset(tmp_path / "raw", [(g, g) for g in range(5) for _ in range(3)][:-1])
     shutil.rmtree(img_dir)
     img_dir.mkdir()
-    with pytest.raises(DataError, match=r"grade 4 \(Proliferative\) has photographs from 2 patients"):
-        run_split(csv, img_dir, tmp_path / "out", DataConfig(), SplitConfig(), 5, 0, workers=1)
+    with pytest.raises(DataError, match=r"source 'src': .*grade 4 \(Proliferative\) has photographs from 2 patients"):
+        split_folder(csv, img_dir, tmp_path / "out", DataConfig(), SplitConfig(), 0)
 
 
-def _load_stage():
-    spec = importlib.util.spec_from_file_location("split_stage", REPO / "stages" / "split.py")
+def _load_stage(name: str = "split"):
+    spec = importlib.util.spec_from_file_location(f"{name}_stage", REPO / "stages" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _run_stages(params: Path, out: Path, monkeypatch) -> int:
+    """`python -m stages.sources` for each source of ``params``, then `python -m stages.split`; the first
+    non-zero exit code, else 0."""
+    split = _load_stage()
+    # Full validation imports timm to check model.name (seconds); the split stage needs none of it.
+    monkeypatch.setattr(split, "load_params", lambda path: load_params(path, validate=False))
+    sources_dir = out.parent / f"{out.name}-sources"
+    for name in yaml.safe_load(params.read_text())["data"]["sources"]:
+        code = _load_stage("sources").main(["--params", str(params), "--source", name, "--out", str(sources_dir / name)])
+        if code:
+            return code
+    return split.main(["--params", str(params), "--sources", str(sources_dir), "--out", str(out),
+                       "--metrics", str(out / "m" / "split.json")])
 
 
 def test_stage_exits_1_with_the_message_and_no_traceback(tmp_path, capsys, monkeypatch):
     csv, img_dir = write_dataset(tmp_path / "raw", FOUR_PER_GRADE, "eyepacs")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"seed": 3, "preprocess": {"workers": 1},
-                                      "data": {"labels_csv": str(csv), "img_dir": str(img_dir)}}))
-    stage = _load_stage()
-    # Full validation imports timm to check model.name (seconds); this stage needs none of it.
-    monkeypatch.setattr(stage, "load_params", lambda path: load_params(path, validate=False))
-    args = ["--params", str(params)]
-    metrics = tmp_path / "m" / "split.json"
-    assert stage.main(args + ["--out", str(tmp_path / "out"), "--metrics", str(metrics)]) == 0
-    assert json.loads(metrics.read_text())["n_images"] == 40
+                                      "data": {"sources": {"eye": {"labels_csv": str(csv), "img_dir": str(img_dir)}}}}))
+    assert _run_stages(params, tmp_path / "out", monkeypatch) == 0
+    assert json.loads((tmp_path / "out" / "m" / "split.json").read_text())["n_images"] == 40
     csv.write_text(csv.read_text().replace("10_right,0", "10_right,2.5"))
-    assert stage.main(args + ["--out", str(tmp_path / "out2")]) == 1
+    assert _run_stages(params, tmp_path / "out2", monkeypatch) == 1
     err = capsys.readouterr().err
-    assert "error: " in err and "line 3: '2.5'" in err and "Traceback" not in err
+    assert "error: source 'eye': " in err and "line 3: '2.5'" in err and "Traceback" not in err
 
 
 def test_stage_reads_paths_with_spaces_and_shell_characters_from_params(tmp_path, monkeypatch):
@@ -271,11 +318,9 @@ def test_stage_reads_paths_with_spaces_and_shell_characters_from_params(tmp_path
     csv, img_dir = write_dataset(root, FOUR_PER_GRADE, "eyepacs")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"seed": 3, "preprocess": {"workers": 1},
-                                      "data": {"labels_csv": str(csv), "img_dir": str(img_dir)}}))
-    stage = _load_stage()
-    monkeypatch.setattr(stage, "load_params", lambda path: load_params(path, validate=False))
+                                      "data": {"sources": {"eye": {"labels_csv": str(csv), "img_dir": str(img_dir)}}}}))
     monkeypatch.chdir(tmp_path)
-    assert stage.main(["--params", str(params), "--out", str(tmp_path / "out")]) == 0
+    assert _run_stages(params, tmp_path / "out", monkeypatch) == 0
     assert len(pd.read_csv(tmp_path / "out" / "train.csv")) > 0
     assert not list(tmp_path.rglob("PWNED*"))
 
@@ -285,11 +330,11 @@ def test_real_eyepacs_dev_split_keeps_patients_apart(tmp_path):
     if not (EYEPACS_DEV / "labels.csv").exists():
         pytest.skip(f"{EYEPACS_DEV} not present")
     start = time.perf_counter()
-    summary = run_split(EYEPACS_DEV / "labels.csv", EYEPACS_DEV / "images", tmp_path,
-                        DataConfig(on_bad_image="skip"), SplitConfig(), 5, seed=42, workers=0)
-    assert time.perf_counter() - start < 20
-    rows = _split_of(tmp_path)
-    assert summary["layout"] == "eyepacs" and summary["n_patients"] == 359
+    summary = split_folders({"eyepacs": (EYEPACS_DEV / "labels.csv", EYEPACS_DEV / "images")}, tmp_path / "split",
+                            DataConfig(on_bad_image="skip"), SplitConfig(), seed=42, workers=0)
+    assert time.perf_counter() - start < 30
+    rows = _split_of(tmp_path / "split")
+    assert summary["sources"]["eyepacs"]["layout"] == "eyepacs" and summary["n_patients"] == 359
     assert summary["n_bad"] <= 3 and len(rows) == 718 - summary["n_bad"]
     assert (rows.groupby("patient")["split"].nunique() == 1).all()
     for name in SPLITS:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence, get_type_hints
+from typing import Any, Iterator, Mapping, Sequence, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -26,6 +28,10 @@ PATIENT_SOURCES = ("auto", "eyepacs", "none")  # or the name of a CSV column
 DEVICES = ("auto", "cpu", "cuda")
 MONITORS = ("val/qwk", "val/auc", "val/acc", "val/loss", "val/f1_macro", "last")  # last: the final epoch, no selection
 GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
+# A source name is a folder name (data/sources/<name>), part of a DVC stage name
+# (sources@<name>), a dotted params key (data.sources.<name>) and a word in a stage command: no dots,
+# slashes, spaces or shell characters.
+SOURCE_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"
 
 
 class ConfigError(ValueError):
@@ -45,11 +51,54 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Where the labelled photographs are and how to read them (guide: --labels-csv, --img-dir)."""
+class SourceConfig:
+    """One labelled folder: a source of ``data.sources``.
 
-    labels_csv: str = "data/demo/train.csv"
-    img_dir: str = "data/demo/train_images"
+    ``id_col``, ``label_col`` and ``patient`` left empty take the ``data.`` level's value.
+    """
+
+    labels_csv: str = ""  # (guide: --labels-csv) APTOS or EyePACS layout, anywhere on disk
+    img_dir: str = ""  # (guide: --img-dir) the folder of the photographs the CSV names
+    id_col: str = ""
+    label_col: str = ""
+    patient: str = ""
+
+    def check(self, section: str, name: str) -> None:
+        """Range checks of the folder ``name`` of ``section`` (``data.sources``)."""
+        key = f"{section}.{name}"
+        if not re.fullmatch(SOURCE_NAME, name):
+            raise ConfigError(f"{key}: the name {name!r} must be letters, digits, '_' and '-' (it names a folder, "
+                              "a DVC stage and a params key), e.g. 'eyepacs' or 'odir-2019'")
+        for field_name in ("labels_csv", "img_dir"):
+            if not getattr(self, field_name):
+                raise ConfigError(f"{key}.{field_name}: missing; every source needs labels_csv (its labels CSV) "
+                                  "and img_dir (its folder of photographs)")
+
+    def resolved(self, data: Any) -> DataConfig:
+        """The settings this folder is read with: its own ``id_col``, ``label_col`` and ``patient`` where
+        set, else those of ``data`` (a :class:`DataConfig`), and ``data``'s bad-image policy."""
+        return DataConfig(sources={}, id_col=self.id_col or data.id_col, label_col=self.label_col or data.label_col,
+                          patient=self.patient or data.patient, on_bad_image=data.on_bad_image,
+                          max_bad_fraction=data.max_bad_fraction)
+
+    def location(self) -> tuple[str, str]:
+        """The labels CSV and image folder as absolute, symlink-free paths: two sources alike here are one."""
+        return os.path.realpath(self.labels_csv), os.path.realpath(self.img_dir)
+
+
+DEMO_SOURCE = SourceConfig(labels_csv="data/demo/train.csv", img_dir="data/demo/train_images")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the labelled photographs are and how to read them.
+
+    ``sources`` maps a name to a labelled folder (:class:`SourceConfig`); each one is validated by its own
+    ``sources@<name>`` stage, and the split stage merges them. The other keys apply to every source that
+    does not set its own.
+    """
+
+    sources: dict[str, SourceConfig] = field(default_factory=lambda: {"demo": DEMO_SOURCE})
     id_col: str = "auto"  # auto: id_code (APTOS) or image (EyePACS)
     label_col: str = "auto"  # auto: diagnosis (APTOS) or level (EyePACS)
     patient: str = "auto"  # auto | eyepacs | none | <column name>
@@ -63,6 +112,21 @@ class DataConfig:
                self.max_bad_fraction, "a fraction in [0, 1]")
         _check(-1 <= self.dedup_max_distance <= 64, "data.dedup_max_distance",
                self.dedup_max_distance, "-1 (off) or 0..64")
+        if not self.sources:
+            raise ConfigError("data.sources: empty; name at least one labelled folder, e.g. "
+                              "data.sources: {demo: {labels_csv: data/demo/train.csv, img_dir: data/demo/train_images}}")
+        check_folders(self.sources, "data.sources")
+
+
+def check_folders(folders: Mapping[str, SourceConfig], key: str) -> None:
+    """Each folder's own checks, and no two that read the same labels CSV and image folder."""
+    seen: dict[tuple[str, str], str] = {}
+    for name, folder in folders.items():
+        folder.check(key, name)
+        first = seen.setdefault(folder.location(), name)
+        if first != name:
+            raise ConfigError(f"{key}: {first!r} and {name!r} both read {folder.labels_csv} with the photographs "
+                              f"in {folder.img_dir}; every photograph would count twice. Remove one of them")
 
 
 @dataclass(frozen=True)
@@ -333,10 +397,29 @@ def _undeclared(stage: str, key: str) -> UndeclaredParamError:
         f"stages/{stage}.py")
 
 
-class _PartialSection:
-    """A section of which a stage declared only some keys (``model.num_classes``)."""
+class _PartialMapping(Mapping):
+    """A mapping setting of which a stage declared some entries only (``data.sources.odir``)."""
 
-    def __init__(self, name: str, section: Any, keys: frozenset[str], stage: str) -> None:
+    def __init__(self, name: str, mapping: Mapping[str, Any], keys: frozenset[str], stage: str) -> None:
+        self._name, self._mapping, self._keys, self._stage = name, mapping, keys, stage
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._keys and key in self._mapping:
+            raise _undeclared(self._stage, f"{self._name}.{key}")
+        return self._mapping[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key in self._mapping if key in self._keys)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _PartialSection:
+    """A section of which a stage declared only some keys (``model.num_classes``), or some entries of a
+    mapping key (``data.sources.odir``: ``keys["sources"]`` holds the entries, None: the whole key)."""
+
+    def __init__(self, name: str, section: Any, keys: Mapping[str, frozenset[str] | None], stage: str) -> None:
         self._name, self._section, self._keys, self._stage = name, section, keys, stage
 
     def __getattr__(self, key: str) -> Any:
@@ -344,14 +427,18 @@ class _PartialSection:
             raise AttributeError(key)
         if key not in self._keys:
             raise _undeclared(self._stage, f"{self._name}.{key}")
-        return getattr(self._section, key)
+        value = getattr(self._section, key)
+        entries = self._keys[key]
+        return value if entries is None else _PartialMapping(f"{self._name}.{key}", value, entries, self._stage)
 
     def validate(self) -> None:
         """Range checks of the whole section: they only refuse bad values, the output depends on none of them."""
         self._section.validate()
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: getattr(self._section, key) for key in sorted(self._keys)}
+        full = dataclasses.asdict(self._section)
+        return {key: full[key] if entries is None else {e: full[key][e] for e in sorted(entries)}
+                for key, entries in sorted(self._keys.items())}
 
 
 class StageParams:
@@ -359,23 +446,33 @@ class StageParams:
 
     Each stage lists what it reads in ``PARAMS``; tests/test_dvc_deps.py checks that the list equals the
     stage's ``params:`` in dvc.yaml, and any read outside it raises :class:`UndeclaredParamError`, so a
-    setting that changes a stage's output can never be missing from what DVC watches.
+    setting that changes a stage's output can never be missing from what DVC watches. A declared entry has
+    one, two or three parts: ``data``, ``data.id_col``, ``data.sources.odir`` (one entry of a mapping).
     """
 
     def __init__(self, params: Params, declared: Sequence[str], stage: str) -> None:
         names = {f.name for f in fields(Params)}
-        whole, partial = set(), {}
+        whole: set[str] = set()
+        partial: dict[str, dict[str, set[str] | None]] = {}
         for entry in declared:
-            section, _, key = entry.partition(".")
+            section, key, item = (entry.split(".", 2) + ["", ""])[:3]
             if section not in names:
                 raise ConfigError(f"stage {stage!r} declares {entry!r}, not a params.yaml section: {sorted(names)}")
-            if key:
-                getattr(getattr(params, section), key)  # an unknown key fails here, not at first use
-                partial.setdefault(section, set()).add(key)
-            else:
+            if not key:
                 whole.add(section)
+                continue
+            value = getattr(getattr(params, section), key)  # an unknown key fails here, not at first use
+            keys = partial.setdefault(section, {})
+            if not item:
+                keys[key] = None
+            elif not isinstance(value, Mapping) or item not in value:
+                raise ConfigError(f"stage {stage!r} declares {entry!r}, but {section}.{key} has no entry {item!r}: "
+                                  f"{sorted(value) if isinstance(value, Mapping) else value!r}")
+            elif key not in keys or keys[key] is not None:
+                keys.setdefault(key, set()).add(item)
         self._params, self._stage, self._whole = params, stage, frozenset(whole)
-        self._partial = {s: frozenset(k) for s, k in partial.items() if s not in whole}
+        self._partial = {s: {k: None if v is None else frozenset(v) for k, v in keys.items()}
+                         for s, keys in partial.items() if s not in whole}
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -390,8 +487,8 @@ class StageParams:
         """The declared settings only, as nested dicts."""
         full = self._params.to_dict()
         out: dict[str, Any] = {name: full[name] for name in sorted(self._whole)}
-        for name, keys in sorted(self._partial.items()):
-            out[name] = {key: full[name][key] for key in sorted(keys)}
+        for name in sorted(self._partial):
+            out[name] = self.__getattr__(name).to_dict()
         return out
 
 
@@ -452,6 +549,24 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
     raise TypeError(f"unsupported field type {typ} for {key}")
 
 
+RENAMED = {"data.labels_csv": "data.sources.<name>.labels_csv", "data.img_dir": "data.sources.<name>.img_dir"}
+
+
+def _build_mapping(item_cls: type, raw: Any, key: str) -> dict[str, Any]:
+    """A mapping of names to settings (``data.sources``); YAML's empty value is an empty mapping."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of names to settings, got {raw!r}")
+    out = {}
+    for name, value in raw.items():
+        if not isinstance(value, Mapping):
+            fields_ = [f.name for f in fields(item_cls)]
+            raise ConfigError(f"{key}.{name}: expected a mapping with the keys {fields_}, got {value!r}")
+        out[str(name)] = _build(item_cls, value, f"{key}.{name}")
+    return out
+
+
 def _build(cls: type, raw: Mapping[str, Any] | None, prefix: str) -> Any:
     raw = dict(raw or {})
     hints = get_type_hints(cls)
@@ -459,6 +574,10 @@ def _build(cls: type, raw: Mapping[str, Any] | None, prefix: str) -> Any:
     unknown = [k for k in raw if k not in names]
     if unknown:
         key = unknown[0]
+        if f"{prefix}.{key}" in RENAMED:
+            raise ConfigError(f"{prefix}.{key} is now {RENAMED[f'{prefix}.{key}']}: the photographs come from "
+                              "data.sources, a mapping of names to {labels_csv, img_dir}, e.g. data.sources: "
+                              "{eyepacs: {labels_csv: ..., img_dir: ...}}")
         close = difflib.get_close_matches(key, names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         where = f"{prefix}.{key}" if prefix else key
@@ -469,7 +588,9 @@ def _build(cls: type, raw: Mapping[str, Any] | None, prefix: str) -> Any:
             continue
         typ = hints[name]
         key = f"{prefix}.{name}" if prefix else name
-        if dataclasses.is_dataclass(typ):
+        if get_origin(typ) is dict:
+            kwargs[name] = _build_mapping(get_args(typ)[1], raw[name], key)
+        elif dataclasses.is_dataclass(typ):
             if not isinstance(raw[name], Mapping):
                 raise ConfigError(f"{key}: expected a mapping of settings, got {raw[name]!r}")
             kwargs[name] = _build(typ, raw[name], key)

@@ -3,7 +3,8 @@
 Each split is written into a memory-mapped temporary file beside ``<split>.npy`` as a pool of
 worker processes delivers images (memory stays bounded whatever the dataset size), flushed, then
 renamed to ``<split>.npy``: an interrupted build leaves no half-written cache under the final name.
-Row i of ``<split>.npy`` is row i of ``<split>.csv``, a byte-for-byte copy of the split CSV.
+Row i of ``<split>.npy`` is row i of ``<split>.csv``, a byte-for-byte copy of the split CSV, whose
+``source`` column says which source (``data.sources``) each photograph came from.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -45,14 +46,14 @@ class CacheBuildError(RuntimeError):
     """An image could not be read or preprocessed; the message names the file."""
 
 
-def build_cache(split_dir: Path, img_dir: Path, out_dir: Path, cfg: PreprocessConfig) -> dict:
+def build_cache(split_dir: Path, img_dir: Path | Mapping[str, Path], out_dir: Path, cfg: PreprocessConfig) -> dict:
     """Preprocess every image of the three splits into ``out_dir``.
 
     Writes ``{split}.npy``, ``{split}.csv``, ``contact_sheet.png`` and ``cache_info.json``.
 
     Args:
-        split_dir: folder with ``{train,val,test}.csv`` (a ``file`` column relative to ``img_dir``).
-        img_dir: folder of the original photographs.
+        split_dir: folder with ``{train,val,test}.csv`` (a ``file`` column relative to the image folder).
+        img_dir: folder of the original photographs, or one per source (the split CSVs' ``source`` column).
         out_dir: cache folder, created if needed.
         cfg: preprocessing settings; ``cfg.workers`` processes (0: one per available core).
 
@@ -64,9 +65,9 @@ def build_cache(split_dir: Path, img_dir: Path, out_dir: Path, cfg: PreprocessCo
         FileNotFoundError: a split CSV or an image it lists is missing.
         CacheBuildError: an image could not be decoded or processed (the message names it).
     """
-    split_dir, img_dir, out_dir = Path(split_dir), Path(img_dir), Path(out_dir)
+    split_dir, out_dir = Path(split_dir), Path(out_dir)
     tables = {split: read_split_csv(split_dir / f"{split}.csv") for split in SPLITS}
-    paths = {split: _image_paths(tables[split], img_dir, split_dir / f"{split}.csv") for split in SPLITS}
+    paths = {split: image_paths(tables[split], img_dir, split_dir / f"{split}.csv") for split in SPLITS}
     total = sum(len(p) for p in paths.values())
     workers = resolve_workers(cfg.workers, total)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,6 +90,8 @@ def build_cache(split_dir: Path, img_dir: Path, out_dir: Path, cfg: PreprocessCo
     info = {
         "preprocess": dataclasses.asdict(cfg),
         "image_shape": [cfg.cache_size, cfg.cache_size, 3],
+        "img_dirs": ({name: str(d) for name, d in img_dir.items()} if isinstance(img_dir, Mapping)
+                     else {"": str(img_dir)}),
         "workers": workers,
         "splits": splits,
         "total": {"count": total, "bytes": sum(s["bytes"] for s in splits.values())},
@@ -149,12 +152,23 @@ def read_split_csv(csv: Path) -> pd.DataFrame:
     return table
 
 
-def _image_paths(table: pd.DataFrame, img_dir: Path, csv: Path) -> list[Path]:
-    paths = [img_dir / name for name in table["file"]]
+def image_paths(table: pd.DataFrame, img_dir: Path | Mapping[str, Path], csv: Path) -> list[Path]:
+    """The photograph file of each row of a split CSV: ``file`` in ``img_dir``, or in the folder of the
+    row's ``source`` when ``img_dir`` maps source names to folders. Every file must exist."""
+    if isinstance(img_dir, Mapping):
+        if "source" not in table.columns:
+            raise ValueError(f"{csv}: no 'source' column (columns: {list(table.columns)}); rerun the split stage")
+        unknown = sorted(set(table["source"]) - set(img_dir))
+        if unknown:
+            raise ValueError(f"{csv}: photographs of source(s) {unknown}, which data.sources does not list "
+                             f"({sorted(img_dir)}); rerun the split stage (dvc repro)")
+        paths = [Path(img_dir[source]) / name for source, name in zip(table["source"], table["file"])]
+    else:
+        paths = [Path(img_dir) / name for name in table["file"]]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{csv}: {len(missing)} listed image(s) not found, first: {missing[:3]}; "
-                                f"check --img-dir ({img_dir}) or rerun the split stage")
+                                "check the sources' img_dir (data.sources) or rerun the split stage")
     return paths
 
 

@@ -167,30 +167,38 @@ def split_groups(patients: pd.Series, dup_pairs: np.ndarray) -> np.ndarray:
 
 
 def duplicate_report(table: pd.DataFrame, exact: np.ndarray, near: np.ndarray) -> pd.DataFrame:
-    """Rows ``group,id,file,grade,kind`` for every photo in a duplicate cluster.
+    """Rows ``group,id,source,file,grade,kind`` for every photo in a duplicate cluster (``source`` when the
+    table has one).
 
     ``group`` numbers the duplicate clusters; ``kind`` is ``exact`` when the photo has a
     byte-identical copy in its cluster, else ``near``. Clusters whose photos carry
-    different grades are logged as warnings.
+    different grades, or come from several sources, are logged as warnings.
     """
+    columns = [c for c in ("id", "source", "file", "grade") if c in table.columns]
     pairs = np.concatenate([exact.reshape(-1, 2), near.reshape(-1, 2)])
     members = np.unique(pairs)
     if members.size == 0:
-        return pd.DataFrame(columns=["group", "id", "file", "grade", "kind"])
+        return pd.DataFrame(columns=["group", *columns, "kind"])
     labels = components(len(table), pairs)
-    report = table.iloc[members][["id", "file", "grade"]].copy()
+    report = table.iloc[members][columns].copy()
     report.insert(0, "group", pd.factorize(labels[members])[0])
     is_exact = np.zeros(len(table), dtype=bool)
     is_exact[np.unique(exact)] = True
     report["kind"] = np.where(is_exact[members], "exact", "near")
     report = report.sort_values(["group", "id"], kind="stable").reset_index(drop=True)
 
-    grades = report.groupby("group")["grade"].agg(lambda g: sorted(set(g)))
-    conflicts = grades[grades.map(len) > 1]
-    for group, values in conflicts.head(10).items():
-        ids = report.loc[report["group"] == group, "id"].tolist()
-        logger.warning("duplicate group %d has conflicting grades %s: %s", group, values, ids)
-    if len(conflicts):
-        logger.warning("%d duplicate group(s) with conflicting grades (first 10 listed above); "
-                       "check these labels", len(conflicts))
+    _warn(report, "grade", "has conflicting grades", "check these labels")
+    if "source" in report.columns:
+        _warn(report, "source", "spans sources", "the same photographs in several sources; kept in one split")
     return report
+
+
+def _warn(report: pd.DataFrame, column: str, what: str, advice: str) -> None:
+    """Log the duplicate groups whose photos differ in ``column`` (the first 10 of them)."""
+    values = report.groupby("group")[column].agg(lambda g: sorted(set(g)))
+    several = values[values.map(len) > 1]
+    for group, found in several.head(10).items():
+        ids = report.loc[report["group"] == group, "id"].tolist()
+        logger.warning("duplicate group %d %s %s: %s", group, what, found, ids)
+    if len(several):
+        logger.warning("%d duplicate group(s) %s (first 10 listed above); %s", len(several), what, advice)

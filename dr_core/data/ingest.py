@@ -36,6 +36,8 @@ ID_COLUMNS = ("id_code", "image")
 LABEL_COLUMNS = ("diagnosis", "level")
 PATIENT_COLUMNS = ("patient_id", "patient")
 EYEPACS_ID = r"(\d+)_(?:left|right)"  # 10_left -> patient 10
+# An id may name the file itself (10_left.jpeg): the extension is no part of the EyePACS pattern.
+KNOWN_EXTENSION = re.compile("(?:" + "|".join(re.escape(e) for e in IMAGE_EXTENSIONS) + ")$", re.IGNORECASE)
 INTEGER = r"[+-]?\d+(?:\.0*)?"  # "2" and "2.0" are grades, "2.5" is not
 MAX_LISTED = 10
 
@@ -97,7 +99,7 @@ def _read_csv(csv_path: Path) -> pd.DataFrame:
     """All cells as stripped strings, indexed by CSV line number, blank lines dropped."""
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: labels CSV not found (looked at {csv_path.resolve()}); "
-                        "pass --labels-csv or set data.labels_csv")
+                        "check --labels-csv, or the source's labels_csv (data.sources.<name>.labels_csv)")
     rows, lines = [], []
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
@@ -174,21 +176,45 @@ def _parse_grades(values: pd.Series, col: str, num_classes: int, csv_path: Path)
     return numeric.astype(int)
 
 
+def eyepacs_patients(ids: pd.Series) -> pd.Series:
+    """The patient number of each EyePACS id (``10_left`` and ``10_left.jpeg`` -> ``10``), NaN where the
+    id does not follow the pattern."""
+    stems = ids.str.replace(KNOWN_EXTENSION, "", regex=True)
+    return stems.str.extract(f"^{EYEPACS_ID}$", flags=re.IGNORECASE, expand=False)
+
+
 def _patients(frame: pd.DataFrame, ids: pd.Series, source: str,
               csv_path: Path) -> tuple[pd.Series, str]:
-    """Patient per photograph and where it came from (see ``DataConfig.patient``)."""
+    """Patient per photograph and where it came from (see ``DataConfig.patient``).
+
+    ``auto`` takes a patient column, else EyePACS ids when every id follows the pattern. When most do and
+    some do not, it stops: one patient per photograph would put the two eyes of a patient in different
+    splits without a word.
+    """
     if source == "auto":
         column = next((c for c in frame.columns if c.lower() in PATIENT_COLUMNS), None)
+        number = eyepacs_patients(ids)
+        stray = ids[number.isna()]
         if column is not None:
             source = column
-        elif ids.str.fullmatch(EYEPACS_ID, flags=re.IGNORECASE).all():
+        elif stray.empty:
             source = "eyepacs"
+        elif len(stray) < len(ids) / 2:
+            raise DataError(f"{csv_path}: {len(ids) - len(stray)} of {len(ids)} ids are EyePACS ids "
+                            f"('<number>_left' or '<number>_right', which give the patient) but {len(stray)} are "
+                            f"not: {listing(_rows(stray))}. Correct these ids, or set data.patient to a patient "
+                            "column, or to 'none' (one patient per photograph: both eyes of a patient may then "
+                            "land in different splits)")
         else:
+            if len(stray) < len(ids):
+                logger.warning("%s: only %d of %d ids are EyePACS ids (<number>_left/_right); one patient per "
+                               "photograph. Set data.patient if the photographs share patients", csv_path,
+                               len(ids) - len(stray), len(ids))
             source = "none"
     if source == "none":
         return ids, "none"
     if source == "eyepacs":
-        number = ids.str.extract(f"^{EYEPACS_ID}$", flags=re.IGNORECASE, expand=False)
+        number = eyepacs_patients(ids)
         bad = ids[number.isna()]
         if len(bad):
             raise DataError(f"{csv_path}: data.patient is 'eyepacs' but {len(bad)} id(s) are not "
@@ -213,7 +239,7 @@ def find_image_files(ids: pd.Series, img_dir: Path) -> pd.Series:
     """
     if not img_dir.is_dir():
         raise DataError(f"{img_dir}: image folder not found (looked at {img_dir.resolve()}); "
-                        "pass --img-dir or set data.img_dir")
+                        "check --img-dir, or the source's img_dir (data.sources.<name>.img_dir)")
     by_stem: dict[str, list[str]] = {}
     linked_out: list[str] = []
     root = img_dir.resolve()
@@ -247,7 +273,7 @@ def missing_files_message(missing: pd.DataFrame, n_total: int, img_dir: Path, cs
     items = [f"line {row.line}: {row.id!r}" for row in missing.itertuples()]
     return (f"{img_dir}: {len(missing)} of {n_total} photographs listed in {csv_path} have no image "
             f"file (looked for <id> plus one of {', '.join(IMAGE_EXTENSIONS)}): {listing(items)}. "
-            "Check --img-dir (data.img_dir), add the files, or remove these rows")
+            "Check --img-dir (data.sources.<name>.img_dir), add the files, or remove these rows")
 
 
 def enforce_bad_image_policy(bad: pd.DataFrame, n_total: int, data: DataConfig, csv_path: Path) -> None:
@@ -269,8 +295,8 @@ def enforce_bad_image_policy(bad: pd.DataFrame, n_total: int, data: DataConfig, 
         raise DataError(f"{csv_path}: {len(bad)} of {n_total} photographs are unusable: {items}. "
                         "Fix or remove them, or set data.on_bad_image: skip to leave them out "
                         "(they are then listed in bad_images.csv)")
-    logger.warning("leaving out %d of %d photographs (%.1f%%, data.on_bad_image=skip): %s",
-                   len(bad), n_total, 100 * fraction, items)
+    logger.warning("%s: leaving out %d of %d photographs (%.1f%%, data.on_bad_image=skip): %s",
+                   csv_path, len(bad), n_total, 100 * fraction, items)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
-"""Patient-grouped, grade-stratified train/val/test split, and the ``split`` stage's work.
+"""Patient-grouped train/val/test split stratified by source and grade, and the ``split`` stage's work.
 
-Groups (a patient merged with every duplicate group it touches) are assigned whole.
-The assignment is a greedy iterative stratification: groups holding the rarest grades
-go first, each to the split that still lacks that grade, else to the split furthest
-below its target count of that grade; ties go to the split furthest below its target
-size. Order among equals comes from a seeded generator, so a seed fixes the split.
+The split stage merges the sources that the ``sources`` stage validated (:mod:`dr_core.data.sources`),
+finds duplicates across all of them, and splits. Groups (a patient merged with every duplicate group it
+touches, in whichever source) are assigned whole. The assignment is a greedy iterative stratification
+over strata ``source/grade``: groups holding the rarest strata go first, each to the split that still
+lacks that stratum, else to the split furthest below its target count of it; ties go to the split
+furthest below its target size. Order among equals comes from a seeded generator, so a seed fixes the
+split. With one source the strata are the grades.
 """
 from __future__ import annotations
 
@@ -15,34 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dr_core.data import dedup, ingest
-from dr_core.config import GRADE_NAMES, DataConfig, SplitConfig
-from dr_core.data.ingest import DataError
+from dr_core.config import DataConfig, SplitConfig
+from dr_core.data import dedup
+from dr_core.data.sources import check_stratifiable, merge_sources, read_sources
 from dr_core.runtime.io import write_atomic
 from dr_core.training.losses import class_weights  # the weights the train stage uses, logged here per split
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-COLUMNS = ["id", "file", "grade", "patient", "group"]
-
-
-def grade_name(grade: int, num_classes: int) -> str:
-    return f"grade {grade} ({GRADE_NAMES[grade]})" if num_classes == len(GRADE_NAMES) else f"grade {grade}"
-
-
-def check_stratifiable(grades: np.ndarray, units: np.ndarray, num_classes: int, what: str,
-                       where: Path) -> None:
-    """Raise unless every grade has photographs from at least one ``what`` per split."""
-    per_grade = pd.Series(units).groupby(np.asarray(grades)).nunique()
-    for grade in range(num_classes):
-        count = int(per_grade.get(grade, 0))
-        if count < len(SPLITS):
-            raise DataError(
-                f"{where}: {grade_name(grade, num_classes)} has photographs from {count} {what}; a "
-                f"stratified {'/'.join(SPLITS)} split needs at least {len(SPLITS)} (one per split). "
-                f"Merge grade {grade} into a neighbouring grade (relabel the CSV and lower "
-                "model.num_classes if it is the last grade) or add photographs of more patients")
+COLUMNS = ["id", "source", "source_id", "file", "grade", "patient", "group", "digest"]
 
 
 def assign_splits(grades: np.ndarray, groups: np.ndarray, fractions: tuple[float, float, float],
@@ -119,66 +103,78 @@ def thin_train(index: np.ndarray, grades: np.ndarray, groups: np.ndarray, fracti
     return out
 
 
+def strata(table: pd.DataFrame, num_classes: int) -> tuple[np.ndarray, int]:
+    """Stratum per photograph, ``source * num_classes + grade`` (sources in order of appearance), and
+    the number of strata; the grades alone when the table has no ``source``."""
+    grades = table["grade"].to_numpy()
+    if "source" not in table.columns:
+        return grades, num_classes
+    codes, names = pd.factorize(table["source"])
+    return codes * num_classes + grades, len(names) * num_classes
+
+
 def make_splits(table: pd.DataFrame, split: SplitConfig, num_classes: int,
                 seed: int) -> dict[str, pd.DataFrame]:
-    """Train/val/test frames with columns ``id,file,grade,patient,group``, in CSV order, and, when
-    ``split.train_fraction`` < 1, ``unused``: the training photographs left out."""
-    grades, groups = table["grade"].to_numpy(), table["group"].to_numpy()
+    """Train/val/test frames with the ``COLUMNS`` the table has, in table order, and, when
+    ``split.train_fraction`` < 1, ``unused``: the training photographs left out. Stratified by
+    source and grade (:func:`strata`), grouped by ``group``."""
+    labels, n_strata = strata(table, num_classes)
+    groups = table["group"].to_numpy()
     rng = np.random.default_rng(seed)
     if split.folds:
-        index = assign_folds(grades, groups, split.folds, split.fold, split.val, num_classes, rng)
+        index = assign_folds(labels, groups, split.folds, split.fold, split.val, n_strata, rng)
     else:
-        index = assign_splits(grades, groups, (1.0 - split.val - split.test, split.val, split.test),
-                              num_classes, rng)
-    index = thin_train(index, grades, groups, split.train_fraction, num_classes, rng)
+        index = assign_splits(labels, groups, (1.0 - split.val - split.test, split.val, split.test), n_strata, rng)
+    index = thin_train(index, labels, groups, split.train_fraction, n_strata, rng)
     names = SPLITS + (("unused",) if split.train_fraction < 1.0 else ())
-    return {name: table.loc[index == i, COLUMNS].reset_index(drop=True) for i, name in enumerate(names)}
+    columns = [c for c in COLUMNS if c in table.columns]
+    return {name: table.loc[index == i, columns].reset_index(drop=True) for i, name in enumerate(names)}
 
 
 def split_summary(splits: dict[str, pd.DataFrame], num_classes: int) -> dict:
-    """Per split: photographs, patients, groups and photographs per grade."""
+    """Per split: photographs, patients, groups, photographs per grade and per source."""
     out = {}
     for name, frame in splits.items():
         counts = np.bincount(frame["grade"], minlength=num_classes)
         out[name] = {"n_images": len(frame), "n_patients": int(frame["patient"].nunique()),
                      "n_groups": int(frame["group"].nunique()),
                      "grade_counts": {str(g): int(c) for g, c in enumerate(counts)}}
+        if "source" in frame.columns:
+            out[name]["sources"] = {str(k): int(v) for k, v in frame["source"].value_counts(sort=False).items()}
         logger.info("%-5s %5d photographs, %4d patients, grades %s", name, len(frame),
                     out[name]["n_patients"], " ".join(f"{g}:{c}" for g, c in enumerate(counts)))
     return out
 
 
-def run_split(labels_csv: Path, img_dir: Path, out_dir: Path, data: DataConfig, split: SplitConfig,
-              num_classes: int, seed: int, workers: int = 0) -> dict:
-    """Validate, deduplicate and split; write the split CSVs and reports to ``out_dir``.
+def run_split(sources_dir: Path, out_dir: Path, data: DataConfig, split: SplitConfig, num_classes: int,
+              seed: int) -> dict:
+    """Merge the sources of ``data.sources``, deduplicate across them, split; write the CSVs and reports.
 
-    Writes ``train.csv``, ``val.csv``, ``test.csv`` (``id,file,grade,patient,group``; also
-    ``unused.csv``, the training photographs left out, when ``split.train_fraction`` < 1),
-    ``bad_images.csv``, ``duplicates.csv`` and ``summary.json``, each atomically.
-
-    Args:
-        workers: processes for the image checks; 0 uses all cores.
+    Reads ``sources_dir/<name>/`` as the sources stage wrote it, for the sources params.yaml lists.
+    Writes ``train.csv``, ``val.csv``, ``test.csv`` (``COLUMNS``; also ``unused.csv``, the training
+    photographs left out, when ``split.train_fraction`` < 1), ``bad_images.csv`` (every source's),
+    ``duplicates.csv`` and ``summary.json``, each atomically.
 
     Returns:
         The summary also written to ``summary.json``.
 
     Raises:
-        DataError: on any bad input, before anything is written.
+        DataError: on any bad input, before anything is written; it names the source.
     """
-    labels_csv, img_dir, out_dir = Path(labels_csv), Path(img_dir), Path(out_dir)
-    labels = ingest.read_labels(labels_csv, data, num_classes)
-    table = labels.table.copy()
-    check_stratifiable(table["grade"].to_numpy(), table["patient"].to_numpy(), num_classes,
-                       "patients", labels_csv)
-    good, checks, bad = usable_photographs(table, img_dir, data, labels_csv, workers)
-
-    exact, near = dedup.find_duplicates([c.digest for c in checks],
-                                        np.array([c.phash for c in checks], dtype=np.uint64),
-                                        np.stack([c.signature for c in checks]), data.dedup_max_distance)
+    out_dir = Path(out_dir)
+    sources = read_sources(sources_dir, data)
+    good, hashes, signatures, bad = merge_sources(sources)
+    exact, near = dedup.find_duplicates(good["digest"].tolist(), hashes, signatures, data.dedup_max_distance)
     duplicates = dedup.duplicate_report(good, exact, near)
     good["group"] = dedup.split_groups(good["patient"], np.concatenate([exact, near]))
+    names = ", ".join(repr(s.name) for s in sources)
     check_stratifiable(good["grade"].to_numpy(), good["group"].to_numpy(), num_classes,
-                       "patient groups (patients joined by duplicates)", labels_csv)
+                       "patient groups (patients joined by duplicates)", f"source{'s' * (len(sources) > 1)} {names}")
+    for source in sources:
+        mine = good["source"] == source.name
+        check_stratifiable(good.loc[mine, "grade"].to_numpy(), good.loc[mine, "group"].to_numpy(), num_classes,
+                           "patient groups (patients joined by duplicates)",
+                           f"source {source.name!r} ({source.summary['settings']['labels_csv']})", present_only=True)
 
     splits = make_splits(good, split, num_classes, seed)
     unused = splits.pop("unused", None)
@@ -189,25 +185,29 @@ def run_split(labels_csv: Path, img_dir: Path, out_dir: Path, data: DataConfig, 
                     splits["train"]["group"].nunique() + unused["group"].nunique(), len(unused))
     weights = class_weights(splits["train"]["grade"].to_numpy(), num_classes)
     logger.info("class weights (train): %s", " ".join(f"{g}:{w:.3f}" for g, w in enumerate(weights)))
+    across = duplicates.groupby("group")["source"].nunique() if len(duplicates) else pd.Series(dtype=int)
     summary = {
-        "layout": labels.layout, "id_col": labels.id_col, "label_col": labels.label_col,
-        "patient_source": labels.patient_source, "n_rows": len(table), "n_images": len(good),
-        "n_bad": len(bad), "n_patients": int(good["patient"].nunique()),
-        "n_groups": int(good["group"].nunique()),
+        "n_rows": sum(s.summary["n_rows"] for s in sources), "n_images": len(good), "n_bad": len(bad),
+        "n_patients": int(good["patient"].nunique()), "n_groups": int(good["group"].nunique()),
         "n_duplicate_groups": int(duplicates["group"].nunique()),
         "n_duplicate_images": len(duplicates), "n_exact_pairs": len(exact), "n_near_pairs": len(near),
+        "n_cross_source_duplicate_groups": int((across > 1).sum()),
         "class_weights": {str(g): round(float(w), 6) for g, w in enumerate(weights)},
+        "sources": {s.name: {key: s.summary[key] for key in ("layout", "id_col", "label_col", "patient_source",
+                                                              "n_rows", "n_images", "n_bad", "n_patients")}
+                    for s in sources},
         "splits": split_summary(splits, num_classes),
     }
     if split.folds:
         summary.update(folds=split.folds, test_fold=split.fold)
     if unused is not None:
         summary.update(train_fraction=split.train_fraction, n_train_unused=len(unused))
-    logger.info("%d photographs kept, %d bad, %d duplicate groups (%d exact, %d near pairs)",
-                len(good), len(bad), summary["n_duplicate_groups"], len(exact), len(near))
+    logger.info("%d photographs kept from %d source(s), %d bad, %d duplicate groups (%d exact, %d near pairs; "
+                "%d across sources)", len(good), len(sources), len(bad), summary["n_duplicate_groups"], len(exact),
+                len(near), summary["n_cross_source_duplicate_groups"])
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables = {**splits, "bad_images": bad[["id", "file", "reason"]], "duplicates": duplicates}
+    tables = {**splits, "bad_images": bad, "duplicates": duplicates}
     if unused is not None:
         tables["unused"] = unused
     else:
@@ -216,28 +216,3 @@ def run_split(labels_csv: Path, img_dir: Path, out_dir: Path, data: DataConfig, 
         write_atomic(out_dir / f"{name}.csv", lambda p, f=frame: f.to_csv(p, index=False))
     write_atomic(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary
-
-
-def usable_photographs(table: pd.DataFrame, img_dir: Path, data: DataConfig, labels_csv: Path,
-                        workers: int) -> tuple[pd.DataFrame, list[ingest.ImageCheck], pd.DataFrame]:
-    """Find and check every photograph; apply ``data.on_bad_image``.
-
-    Returns:
-        The usable rows (with ``file``), their checks in the same order, and the bad rows
-        (with ``file``, ``""`` when missing, and ``reason``).
-    """
-    table = table.assign(file=ingest.find_image_files(table["id"], img_dir).to_numpy())
-    missing = table[table["file"] == ""]
-    if len(missing) and (data.on_bad_image == "error" or len(missing) / len(table) > data.max_bad_fraction):
-        raise DataError(ingest.missing_files_message(missing, len(table), img_dir, labels_csv))
-    present = table[table["file"] != ""]
-    checks = ingest.check_images([str(img_dir / f) for f in present["file"]], workers)
-    reasons = pd.Series("missing file", index=table.index)
-    reasons[present.index] = [c.reason for c in checks]
-    bad = table.assign(reason=reasons)[reasons != ""]
-    ingest.enforce_bad_image_policy(bad, len(table), data, labels_csv)
-    usable = [not c.reason for c in checks]
-    if not any(usable):
-        raise DataError(f"{labels_csv}: none of the {len(table)} photographs is usable; "
-                        "see the reasons above")
-    return present[usable].reset_index(drop=True), [c for c in checks if not c.reason], bad

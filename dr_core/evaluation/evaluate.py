@@ -74,14 +74,14 @@ def _predict(model: torch.nn.Module, images: np.ndarray, meta: CheckpointMeta, p
                                   cfg.referable_grade)
 
 
-def load_raw_images(files: list[str], img_dir: Path, preprocess: PreprocessConfig) -> np.ndarray:
+def load_raw_images(paths: list[Path], preprocess: PreprocessConfig) -> np.ndarray:
     """Read and preprocess raw photos exactly as the cache was built for the checkpoint."""
     from dr_core.data.preprocess import preprocess_file
 
     size = preprocess.cache_size
-    out = np.zeros((len(files), size, size, 3), np.uint8)
-    for i, file in enumerate(progress(files, desc="preprocess", unit="img", leave=False)):
-        out[i] = preprocess_file(img_dir / file, preprocess)
+    out = np.zeros((len(paths), size, size, 3), np.uint8)
+    for i, path in enumerate(progress(paths, desc="preprocess", unit="img", leave=False)):
+        out[i] = preprocess_file(Path(path), preprocess)
     return out
 
 
@@ -92,11 +92,11 @@ def evaluate_folder(labels_csv: Path, img_dir: Path, model_path: Path, out_dir: 
 
     ``decision`` holds the referable threshold and the grade cut-points (from the pipeline's
     ``operating_point.json``, chosen on val; none: the most probable grade). Photos are validated as
-    the split stage does; with ``data.on_bad_image: skip`` the unusable ones are left out and listed
+    the sources stage does; with ``data.on_bad_image: skip`` the unusable ones are left out and listed
     in ``<out_dir>/bad_images.csv``.
     """
     from dr_core.data.ingest import read_labels
-    from dr_core.data.split import usable_photographs
+    from dr_core.data.sources import usable_photographs
 
     data = data or DataConfig()
     model, meta = load_checkpoint(model_path)
@@ -104,7 +104,7 @@ def evaluate_folder(labels_csv: Path, img_dir: Path, model_path: Path, out_dir: 
     rows, _, bad = usable_photographs(labels.table, img_dir, data, labels_csv, workers=0)
     out_dir.mkdir(parents=True, exist_ok=True)
     bad[["id", "file", "reason"]].to_csv(out_dir / BAD_IMAGES, index=False)
-    images = load_raw_images(rows["file"].tolist(), img_dir, meta.preprocess)
+    images = load_raw_images([img_dir / f for f in rows["file"]], meta.preprocess)
     probs, score = _predict(model, images, meta, rows["patient"].tolist(), cfg, device)
     preds = Predictions(rows["id"].tolist(), rows["patient"].tolist(), rows["grade"].to_numpy(), probs, score)
     return write_evaluation(out_dir, preds, decision, cfg, meta.class_names, "external", seed)
