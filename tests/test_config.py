@@ -166,3 +166,5 @@ def test_renamed_data_keys_say_where_they_went():
         params_from_dict({"data": {"sources": {}}}, validate=False).data.validate()
     with pytest.raises(ConfigError, match=r"data\.sources\.x\.img_dir: missing"):
         params_from_dict({"data": {"sources": {"x": {"labels_csv": "x.csv"}}}}, validate=False).data.validate()
+    with pytest.raises(ConfigError, match=r"data\.sources\.qwk: 'qwk' is the name of a metric"):
+        params_from_dict({"data": {"sources": {"qwk": {"labels_csv": "x", "img_dir": "y"}}}}, validate=False).validate()

@@ -32,6 +32,16 @@ GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
 # (sources@<name>), a dotted params key (data.sources.<name>) and a word in a stage command: no dots,
 # slashes, spaces or shell characters.
 SOURCE_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+# Keys of a metrics.json block (test, val): a source named like one would overwrite it, since
+# each source's figures sit beside them (test.<source>.qwk). tests/test_by_source.py keeps this complete.
+METRIC_KEYS = frozenset({
+    "n_images", "n_patients", "qwk", "qwk_argmax", "accuracy", "balanced_accuracy", "f1_macro", "auc_macro",
+    "ece", "brier", "log_loss", "referable_grade", "referable_prevalence", "referable_auc", "referable_threshold",
+    "referable_sensitivity", "referable_specificity", "referable_ppv", "referable_npv", "referable_tp",
+    "referable_fp", "referable_tn", "referable_fn", "bootstrap_resamples", "ci_level", "per_class",
+    "val_referable_sensitivity", "val_referable_specificity", "val_referable_auc", "val_qwk",
+    *(f"{m}_ci_{end}" for m in ("qwk", "referable_auc", "referable_sensitivity", "referable_specificity")
+      for end in ("low", "high", "skipped"))})
 
 
 class ConfigError(ValueError):
@@ -69,6 +79,9 @@ class SourceConfig:
         if not re.fullmatch(SOURCE_NAME, name):
             raise ConfigError(f"{key}: the name {name!r} must be letters, digits, '_' and '-' (it names a folder, "
                               "a DVC stage and a params key), e.g. 'eyepacs' or 'odir-2019'")
+        if name in METRIC_KEYS:
+            raise ConfigError(f"{key}: {name!r} is the name of a metric in metrics.json, where each source's "
+                              "figures sit beside the overall ones; rename the source")
         for field_name in ("labels_csv", "img_dir"):
             if not getattr(self, field_name):
                 raise ConfigError(f"{key}.{field_name}: missing; every source needs labels_csv (its labels CSV) "

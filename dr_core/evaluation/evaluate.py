@@ -25,6 +25,7 @@ import torch
 
 from dr_core.config import DataConfig, EvaluateConfig, PreprocessConfig
 from dr_core.data.dataset import load_cache
+from dr_core.evaluation.by_source import by_source, headline
 from dr_core.evaluation.eyes import fellow_eye_predictions
 from dr_core.evaluation.inference import predict_probs
 from dr_core.evaluation.predictions import Decision, Predictions
@@ -45,7 +46,8 @@ def folder_output(rel: str) -> bool:
 
 def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: EvaluateConfig,
                     seed: int = 0, device: str = "cpu") -> dict[str, Any]:
-    """The evaluate stage: threshold chosen on cached val, metrics on cached test."""
+    """The evaluate stage: threshold and cut-points chosen on the cached val split (all sources pooled), metrics
+    on the cached test split, overall and per source, and the same headline figures for val (``val`` block)."""
     model, meta = load_checkpoint(model_path)
     probs, scores, rows = {}, {}, {}
     for split in ("val", "test"):
@@ -60,10 +62,13 @@ def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: Evalu
     point["model_sha256"] = file_sha256(model_path)  # predict and evaluate refuse it with another checkpoint
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "operating_point.json").write_text(json.dumps(point, indent=2) + "\n")
-    test = rows["test"]
-    preds = Predictions(test["id"].tolist(), test["patient"].tolist(), test["grade"].to_numpy(), probs["test"],
-                        scores["test"])
-    return write_evaluation(out_dir, preds, Decision.from_operating_point(point), cfg, meta.class_names, "test", seed)
+    decision = Decision.from_operating_point(point)
+    preds = {split: Predictions(rows[split]["id"].tolist(), rows[split]["patient"].tolist(),
+                                rows[split]["grade"].to_numpy(), probs[split], scores[split],
+                                rows[split]["source"].tolist() if "source" in rows[split].columns else None)
+             for split in ("val", "test")}
+    val = {**headline(preds["val"], decision, cfg, seed), **by_source(preds["val"], decision, cfg, seed)}
+    return write_evaluation(out_dir, preds["test"], decision, cfg, meta.class_names, "test", seed, {"val": val})
 
 
 def _predict(model: torch.nn.Module, images: np.ndarray, meta: CheckpointMeta, patients: list,

@@ -17,6 +17,7 @@ class Predictions:
     y_true: np.ndarray  # (N,) true grades
     probs: np.ndarray  # (N, K) grade probabilities
     score: np.ndarray | None = None  # (N,) referable score when not the one probs imply (fellow-eye blending)
+    sources: Sequence | None = None  # source (data.sources) per row, for the figures per source
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.metrics import classification_report, roc_curve
 
 from dr_core.evaluation import figures
+from dr_core.evaluation.by_source import HEADLINE, by_source
 from dr_core.evaluation.calibration import DEFAULT_BINS, reliability_bins
 from dr_core.config import EvaluateConfig
 from dr_core.evaluation.cutpoints import decide_grades, expected_grade, optimize_cutpoints
@@ -81,14 +82,16 @@ def choose_cutpoints(val_y_true: np.ndarray, val_probs: np.ndarray, cfg: Evaluat
 
 
 def write_evaluation(out_dir: str | Path, preds: Predictions, decision: Decision, cfg: EvaluateConfig,
-                     class_names: Sequence[str] | None = None, prefix: str | None = "test", seed: int = 0
-                     ) -> dict[str, Any]:
+                     class_names: Sequence[str] | None = None, prefix: str | None = "test", seed: int = 0,
+                     blocks: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Score one split at a fixed referable threshold and write every output.
 
     Args:
         out_dir: folder for the outputs (created); see ``OUTPUT_FILES`` and ``plots/roc_grade_<k>.csv``.
-        preds: photo and patient ids, grades ``(N,)``, softmax probabilities ``(N, K)`` and, when not
-            the one the probabilities imply (fellow-eye blending), the referable score.
+        preds: photo and patient ids, grades ``(N,)``, softmax probabilities ``(N, K)``, when not
+            the one the probabilities imply (fellow-eye blending) the referable score, and when known each
+            photo's source: the headline figures of each source then sit beside the overall ones
+            (``test.<source>.qwk``, :mod:`dr_core.evaluation.by_source`).
         decision: the referable-score threshold and grade cut-points, chosen beforehand on other data
             (:func:`choose_threshold`, :func:`choose_cutpoints`; no cut-points: the most probable
             grade); with the operating point they came from, its validation numbers appear in the
@@ -98,6 +101,7 @@ def write_evaluation(out_dir: str | Path, preds: Predictions, decision: Decision
         prefix: top-level key of metrics.json (``{"test": {...}}``, flattened by DVC to
             ``test.qwk``); ``None`` writes the metrics at the top level.
         seed: seed of the patient bootstrap.
+        blocks: more top-level entries of metrics.json beside ``prefix`` (the evaluate stage's ``val``).
 
     Returns:
         The metrics (unprefixed) as written to metrics.json.
@@ -118,15 +122,18 @@ def write_evaluation(out_dir: str | Path, preds: Predictions, decision: Decision
         for src, dst in (("val_auc", "val_referable_auc"), ("val_qwk", "val_qwk")):
             if src in operating_point:  # absent from operating_point.json files of older versions
                 metrics[dst] = operating_point[src]
+    per_source = by_source(preds, decision, cfg, seed)
+    metrics.update(per_source)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "metrics.json").open("w") as fh:
-        json.dump({prefix: metrics} if prefix else metrics, fh, indent=2)
+        json.dump({prefix: metrics, **(blocks or {})} if prefix else metrics, fh, indent=2)
         fh.write("\n")
     score = resolve_referable_score(probs, cfg.referable_grade, preds.score)
-    _write_predictions(out_dir / "predictions.csv", ids, patients, y_true, y_pred, probs, score, decision.threshold)
+    _write_predictions(out_dir / "predictions.csv", ids, patients, y_true, y_pred, probs, score, decision.threshold,
+                       preds.sources)
     (out_dir / "classification_report.txt").write_text(
-        format_report(metrics, y_true, y_pred, names, prefix or "evaluated", operating_point))
+        format_report(metrics, y_true, y_pred, names, prefix or "evaluated", operating_point, per_source))
     _write_figures(out_dir, y_true, probs, y_pred, score, metrics, names, cfg.referable_grade)
     log.info("%s: QWK %s, referable AUC %s, sensitivity %s, specificity %s -> %s", prefix or "evaluated",
              _ci(metrics, "qwk"), _ci(metrics, "referable_auc"), _ci(metrics, "referable_sensitivity"),
@@ -138,9 +145,12 @@ PREDICTION_FORMAT = "%.9g"  # float32 round-trips in 9 significant digits
 
 
 def _write_predictions(path: Path, ids: Sequence, patients: Sequence, y_true: np.ndarray,
-                       y_pred: np.ndarray, probs: np.ndarray, score: np.ndarray, threshold: float) -> None:
+                       y_pred: np.ndarray, probs: np.ndarray, score: np.ndarray, threshold: float,
+                       sources: Sequence | None = None) -> None:
     table = pd.DataFrame({"id": list(ids), "patient": list(patients), "true_grade": y_true,
                           "pred_grade": y_pred})
+    if sources is not None:
+        table.insert(2, "source", list(sources))
     for k in range(probs.shape[1]):
         table[f"prob_{k}"] = probs[:, k]
     table["referable_score"] = score
@@ -204,8 +214,10 @@ def _ci(metrics: dict[str, Any], key: str) -> str:
 
 
 def format_report(metrics: dict[str, Any], y_true: np.ndarray, y_pred: np.ndarray, names: list[str],
-                  split: str, operating_point: Mapping[str, Any] | None = None) -> str:
-    """Plain-text report: headline metrics, per-grade table, confusion matrix, referable-DR block."""
+                  split: str, operating_point: Mapping[str, Any] | None = None,
+                  per_source: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """Plain-text report: headline metrics, per-grade table, confusion matrix, referable-DR block, and the
+    headline figures of each source (``per_source``, :func:`dr_core.evaluation.by_source.by_source`)."""
     num_classes = len(names)
     level = round(100 * metrics["ci_level"])
     ci_note = (f"[{level}% CI: percentile bootstrap over patients, {metrics['bootstrap_resamples']} "
@@ -257,4 +269,12 @@ def format_report(metrics: dict[str, Any], y_true: np.ndarray, y_pred: np.ndarra
               f"  TP {metrics['referable_tp']}  FN {metrics['referable_fn']}  "
               f"TN {metrics['referable_tn']}  FP {metrics['referable_fp']}",
               "  referable score = sum of the probabilities of the referable grades", ""]
+    if per_source:
+        lines += ["Per source, at the same operating point (intervals resample the source's patients):"]
+        width = max(len(name) for name in per_source)
+        for name, block in per_source.items():
+            figures_ = ", ".join(f"{label} {_ci(block, key)}" for label, key in zip(("QWK", "AUC", "sens", "spec"),
+                                                                                 HEADLINE))
+            lines.append(f"  {name:<{width}}  {block['n_images']} photos, {block['n_patients']} patients: {figures_}")
+        lines.append("")
     return "\n".join(lines)
