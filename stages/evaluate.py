@@ -1,4 +1,5 @@
-"""Evaluate stage: the best checkpoint on the held-out test split (threshold chosen on val)."""
+"""Evaluate stage: the best checkpoint on the held-out test split, overall and per source (threshold and grade
+cut-points chosen on the pooled val split)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,11 @@ from dr_core.config import load_params
 from dr_core.evaluation.evaluate import evaluate_cached
 from dr_core.runtime.logs import setup_logging
 
-PARAMS = ("seed", "evaluate")  # = its params in dvc.yaml (tests/test_dvc_deps.py)
+# = its params in dvc.yaml (tests/test_dvc_deps.py): every evaluate setting but `external`, so that adding an
+# external set runs only the external stage
+PARAMS = ("seed", "evaluate.referable_grade", "evaluate.operating_point", "evaluate.target_sensitivity",
+          "evaluate.bootstrap", "evaluate.tta", "evaluate.batch_size", "evaluate.grade_rule",
+          "evaluate.fellow_eye_weight", "evaluate.fellow_eye_scope")
 
 
 def main() -> int:

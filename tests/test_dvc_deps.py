@@ -151,7 +151,7 @@ def test_closure_follows_function_level_and_package_imports(tmp_path: Path) -> N
 @pytest.mark.parametrize(("pipeline", "name"), CASES)
 def test_no_setting_is_pasted_into_a_shell_command(pipeline: str, name: str) -> None:
     """A path such as ``my photos/`$(touch PWNED)`` must never reach the shell: stages read params themselves.
-    Only a matrix item (a fold number) or a foreach ``${key}`` may: a source's name, which
+    Only a matrix item (a fold number) or a foreach ``${key}`` may: a source's or external set's name, which
     params.yaml allows as letters, digits, '_' and '-' only (dr_core.config.params.SOURCE_NAME)."""
     cmd = stages_of(pipeline)[name]["cmd"]
     assert not re.search(r"\$\{(?!item\.fold\}|key\})", cmd), \
@@ -165,3 +165,5 @@ def test_foreach_names_are_safe_in_a_command() -> None:
         folder = {name: {"labels_csv": "l.csv", "img_dir": "i"}}
         with pytest.raises(ConfigError, match="must be letters, digits"):
             params_from_dict({"data": {"sources": folder}}, validate=False).data.validate()
+        with pytest.raises(ConfigError, match="must be letters, digits"):
+            params_from_dict({"evaluate": {"external": folder}}, validate=False).evaluate.validate()

@@ -147,6 +147,27 @@ def test_queued_experiments_run_in_parallel_and_reuse_the_cache(project):
     assert {"ce", "weighted_ce"} <= losses
 
 
+def test_an_external_set_is_one_more_stage_scored_at_the_val_operating_point(project):
+    """Declaring evaluate.external.<name> runs only its stage; its metrics are a DVC metric of their own."""
+    _run([sys.executable, "-c", "from pathlib import Path; from dr_core.synthetic.demo import make_demo_dataset; "
+          "make_demo_dataset(Path('heldout'), 10, 96, seed=7, workers=1)"], project)  # other photos than the demo's
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["external"] = {"heldout": {"labels_csv": "heldout/train.csv", "img_dir": "heldout/train_images"}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["dvc", "repro"], project)
+    assert "Running stage 'external@heldout'" in out, out[-3000:]
+    for stage in ("sources@demo", "split", "preprocess", "train", "evaluate"):
+        assert f"Stage '{stage}' didn't change, skipping" in out, (stage, out[-3000:])
+    metrics = json.loads((project / "results/external/heldout/metrics.json").read_text())["external"]
+    point = json.loads((project / "results/operating_point.json").read_text())
+    assert metrics["n_images"] == 20 and metrics["referable_threshold"] == point["threshold"]
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], project, stdout_only=True))
+    files = {path: data for rev in shown.values() for path, data in rev["data"].items()}
+    assert files["results/external/heldout/metrics.json"]["data"]["external"]["qwk"] == metrics["qwk"]
+    assert "test" in files["results/metrics.json"]["data"] and "demo" in files["results/metrics.json"]["data"]["test"]
+    assert "up to date" in _run(["dvc", "status", "dvc.yaml"], project)
+
+
 def test_ablation_script_queues_runs_and_tabulates(tmp_path):
     """research.ablation end to end on a tiny preset: 2 variants of 1 seed, each a queued two-fold
     cross-validation (cv/dvc.yaml) that tests every photo once and pools the folds."""

@@ -89,6 +89,9 @@ def test_two_sources_reading_the_same_folder_are_refused(tmp_path):
     also = {"labels_csv": str(tmp_path / "a" / "." / "labels.csv"), "img_dir": str(img_dir) + "/"}
     with pytest.raises(ConfigError, match=r"data\.sources: 'one' and 'two' both read .*labels\.csv.*count twice"):
         params_from_dict({"data": {"sources": {"one": same, "two": also}}}, validate=False).data.validate()
+    with pytest.raises(ConfigError, match=r"evaluate\.external\.ext: reads the same .* as data\.sources\.one"):
+        params_from_dict({"data": {"sources": {"one": same}}, "evaluate": {"external": {"ext": also}}},
+                         validate=False).validate()
 
 
 @pytest.mark.parametrize("missing", ["labels", "images"])

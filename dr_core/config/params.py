@@ -28,11 +28,11 @@ PATIENT_SOURCES = ("auto", "eyepacs", "none")  # or the name of a CSV column
 DEVICES = ("auto", "cpu", "cuda")
 MONITORS = ("val/qwk", "val/auc", "val/acc", "val/loss", "val/f1_macro", "last")  # last: the final epoch, no selection
 GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
-# A source name is a folder name (data/sources/<name>), part of a DVC stage name
+# A source or external set name is a folder name (data/sources/<name>), part of a DVC stage name
 # (sources@<name>), a dotted params key (data.sources.<name>) and a word in a stage command: no dots,
 # slashes, spaces or shell characters.
 SOURCE_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"
-# Keys of a metrics.json block (test, val): a source named like one would overwrite it, since
+# Keys of a metrics.json block (test, val, external): a source named like one would overwrite it, since
 # each source's figures sit beside them (test.<source>.qwk). tests/test_by_source.py keeps this complete.
 METRIC_KEYS = frozenset({
     "n_images", "n_patients", "qwk", "qwk_argmax", "accuracy", "balanced_accuracy", "f1_macro", "auc_macro",
@@ -62,7 +62,7 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """One labelled folder: a source of ``data.sources``.
+    """One labelled folder: a source of ``data.sources`` or an external set of ``evaluate.external``.
 
     ``id_col``, ``label_col`` and ``patient`` left empty take the ``data.`` level's value.
     """
@@ -335,8 +335,10 @@ class EvaluateConfig:
     grade_rule: str = "argmax"  # argmax | qwk: cut-points on the expected grade tuned on val for QWK
     fellow_eye_weight: float = 0.0  # blend each photo's probabilities with the patient's other eye
     fellow_eye_scope: str = "referable"  # referable: the blend sets the referable score only | all: grades too
+    external: dict[str, SourceConfig] = field(default_factory=dict)  # held-out labelled folders, the `external` stage
 
     def validate(self) -> None:
+        check_folders(self.external, "evaluate.external")
         _choice("evaluate.grade_rule", self.grade_rule, ("argmax", "qwk"))
         _choice("evaluate.fellow_eye_scope", self.fellow_eye_scope, FELLOW_EYE_SCOPES)
         _check(0.0 <= self.fellow_eye_weight < 1.0, "evaluate.fellow_eye_weight", self.fellow_eye_weight,
@@ -386,6 +388,13 @@ class Params:
                 f"train.image_size: got {self.train.image_size}, larger than preprocess.cache_size "
                 f"({self.preprocess.cache_size}): the cached photos would be upsampled. Raise "
                 "preprocess.cache_size (the preprocess stage reruns) or lower train.image_size")
+        sources = {folder.location(): name for name, folder in self.data.sources.items()}
+        for name, folder in self.evaluate.external.items():
+            if folder.location() in sources:
+                raise ConfigError(
+                    f"evaluate.external.{name}: reads the same labels CSV and photographs as data.sources."
+                    f"{sources[folder.location()]}, which the model was developed on; an external test set must be "
+                    "other photographs")
         if self.evaluate.referable_grade >= self.model.num_classes:
             raise ConfigError(
                 f"evaluate.referable_grade: got {self.evaluate.referable_grade}, but model.num_classes "

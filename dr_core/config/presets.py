@@ -4,7 +4,7 @@
     python -m dr_core.cli.presets presets/real-cpu.yaml --absolute  # data paths made absolute (queued runs)
 
 Overrides are checked against :class:`dr_core.config.params.Params` first, so a typo in a preset fails
-before DVC starts. A preset's ``data.sources`` replaces params.yaml's as a whole:
+before DVC starts. A preset's ``data.sources`` (or ``evaluate.external``) replaces params.yaml's as a whole:
 ``-S data.sources=null`` then one ``-S +data.sources.<name>.<key>=...`` per setting (no character that a
 shell would need quoted, for ``$(...)`` in the Makefile).
 """
@@ -17,7 +17,7 @@ import yaml
 
 from dr_core.config import ConfigError, load_params, params_from_dict
 
-MAPPINGS = ("data.sources",)  # named folders: a preset replaces them whole
+MAPPINGS = ("data.sources", "evaluate.external")  # named folders: a preset replaces them whole
 PATH_FIELDS = ("labels_csv", "img_dir")  # the path settings of each folder of MAPPINGS
 
 

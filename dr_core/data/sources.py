@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -192,3 +193,46 @@ def merge_sources(sources: list[Source]) -> tuple[pd.DataFrame, np.ndarray, np.n
     signatures = np.concatenate([s.signatures for s in sources])
     return table, hashes, signatures, pd.concat(bad, ignore_index=True)
 
+
+TRAINING_SPLITS = ("train", "val", "test", "unused")  # every photograph the model was developed on
+
+
+def training_photos(split_dir: Path, sources: Mapping[str, SourceConfig]) -> pd.DataFrame:
+    """The photographs of the split (``id``, ``digest`` and ``path``, the file's absolute, symlink-free path),
+    for telling an external set apart from them."""
+    frames = []
+    for split in TRAINING_SPLITS:
+        csv = Path(split_dir) / f"{split}.csv"
+        if not csv.is_file():
+            continue
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        if not {"source", "file", "digest"} <= set(table.columns):
+            raise DataError(f"{csv}: no source, file and digest columns (columns: {list(table.columns)}); "
+                            "rerun the split stage (dvc repro)")
+        unknown = sorted(set(table["source"]) - set(sources))
+        if unknown:
+            raise DataError(f"{csv}: photographs of source(s) {unknown}, which data.sources does not list; "
+                            "rerun the split stage (dvc repro)")
+        paths = [os.path.realpath(Path(sources[s].img_dir) / f) for s, f in zip(table["source"], table["file"])]
+        frames.append(table[["id", "digest"]].assign(path=paths))
+    if not frames:
+        raise DataError(f"{split_dir}: no split CSVs; run the split stage first (dvc repro split)")
+    return pd.concat(frames, ignore_index=True)
+
+
+def refuse_shared_photos(rows: pd.DataFrame, img_dir: Path, training: pd.DataFrame, labels_csv: Path) -> None:
+    """Raise if any photograph of ``rows`` (``id, line, file, digest``, files in ``img_dir``) is one of
+    ``training``'s: the same bytes, or the same file."""
+    by_digest = dict(zip(training["digest"], training["id"]))
+    by_path = dict(zip(training["path"], training["id"]))
+    shared = []
+    for row in rows.itertuples():
+        path = os.path.realpath(Path(img_dir) / row.file)
+        if path in by_path:
+            shared.append(f"line {row.line}: {row.id!r} is the file of {by_path[path]}")
+        elif row.digest in by_digest:
+            shared.append(f"line {row.line}: {row.id!r} has the content of {by_digest[row.digest]}")
+    if shared:
+        raise DataError(f"{labels_csv}: {len(shared)} of {len(rows)} photographs are also in the training data "
+                        f"(the split of data.sources): {ingest.listing(shared)}. An external test must hold "
+                        "other photographs than the ones the model was developed on; remove these rows")

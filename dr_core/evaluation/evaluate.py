@@ -7,7 +7,9 @@ applying the checkpoint's own preprocessing::
         --output-dir results_external
 
 It writes the same files as the stage. Metric names are nested under ``external`` instead of
-``test`` (so ``external.qwk``), keeping both kinds of result apart in ``dvc metrics show``.
+``test`` (so ``external.qwk``), keeping both kinds of result apart in ``dvc metrics show``. The pipeline's
+``external`` stage does the same for each set of ``evaluate.external`` (:func:`evaluate_folder` with the
+training photographs, which it refuses to evaluate on).
 The referable-DR threshold is never tuned on the evaluated photos: it comes from
 ``--threshold`` or from the pipeline's ``results/operating_point.json`` (chosen on val), whose
 fellow-eye blending (``evaluate.fellow_eye_weight`` and ``_scope``) is then applied too.
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from dr_core.config import DataConfig, EvaluateConfig, PreprocessConfig
@@ -92,21 +95,27 @@ def load_raw_images(paths: list[Path], preprocess: PreprocessConfig) -> np.ndarr
 
 def evaluate_folder(labels_csv: Path, img_dir: Path, model_path: Path, out_dir: Path, cfg: EvaluateConfig,
                     decision: Decision, data: DataConfig | None = None, device: str = "cpu",
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0, training: pd.DataFrame | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on every labelled photo of a folder (no split, nothing tuned on it).
 
     ``decision`` holds the referable threshold and the grade cut-points (from the pipeline's
     ``operating_point.json``, chosen on val; none: the most probable grade). Photos are validated as
     the sources stage does; with ``data.on_bad_image: skip`` the unusable ones are left out and listed
-    in ``<out_dir>/bad_images.csv``.
+    in ``<out_dir>/bad_images.csv``. ``training`` (:func:`dr_core.data.sources.training_photos`): the
+    photographs the model was developed on; a folder sharing any of them is refused before the model runs.
+
+    Raises:
+        DataError: bad labels or photographs, or photographs shared with ``training`` (named).
     """
     from dr_core.data.ingest import read_labels
-    from dr_core.data.sources import usable_photographs
+    from dr_core.data.sources import refuse_shared_photos, usable_photographs
 
     data = data or DataConfig()
     model, meta = load_checkpoint(model_path)
     labels = read_labels(labels_csv, data, meta.num_classes)
-    rows, _, bad = usable_photographs(labels.table, img_dir, data, labels_csv, workers=0)
+    rows, checks, bad = usable_photographs(labels.table, img_dir, data, labels_csv, workers=0)
+    if training is not None:
+        refuse_shared_photos(rows.assign(digest=[c.digest for c in checks]), img_dir, training, labels_csv)
     out_dir.mkdir(parents=True, exist_ok=True)
     bad[["id", "file", "reason"]].to_csv(out_dir / BAD_IMAGES, index=False)
     images = load_raw_images([img_dir / f for f in rows["file"]], meta.preprocess)
