@@ -96,7 +96,7 @@ def resolution(folds: list[dict[str, Any]], cache_size: int, sizes: list[int]) -
             start = time.time()
             raw, probs, score = {}, {}, {}
             for split, (table, images) in data.items():
-                raw[split] = predict_probs(model, images, {**meta, "image_size": size}, cfg.batch_size)
+                raw[split] = predict_probs(model, images, dataclasses.replace(meta, image_size=size), cfg.batch_size)
                 probs[split], score[split] = fellow_eye_predictions(
                     raw[split], table["patient"].tolist(), cfg.fellow_eye_weight, cfg.fellow_eye_scope,
                     cfg.referable_grade)
