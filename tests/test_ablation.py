@@ -15,8 +15,7 @@ def _rev(name: str, qwk: float, stamp: str, error: bool = False) -> dict:
     test = {"qwk": qwk, "qwk_argmax": qwk - 0.1, "referable_auc": 0.9, "referable_sensitivity": 0.8,
             "referable_specificity": 0.7}
     rev = {"name": name, "data": {"timestamp": stamp, "metrics": {
-        "results/metrics.json": {"data": {"test": test}},
-        "dvclive/train/metrics.json": {"data": {"train_seconds": 100.0}}}}}
+        "results/headline.json": {"data": {"test": test}}}}}
     if error:
         rev["error"] = {"msg": "Experiment run failed"}
     return rev

@@ -202,3 +202,16 @@ def test_mismatched_lengths_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="9 ids for 10 rows"):
         write_evaluation(tmp_path, Predictions(list(range(9)), list(range(10)), y, probs), Decision(0.5),
                          EvaluateConfig())
+
+
+def test_dvc_tracks_only_the_headline_figures_overall_and_per_source():
+    from dr_core.evaluation.report import headline
+
+    report = {"test": {"qwk": 0.7, "qwk_ci_low": 0.6, "referable_auc": 0.9, "referable_sensitivity": 0.8,
+                       "referable_specificity": 0.85, "n_images": 10, "per_class": {"No DR": {"f1": 0.9}},
+                       "odir": {"qwk": 0.6, "referable_auc": 0.8, "n_images": 4, "referable_auc_ci_low": 0.7}},
+              "val": {"qwk": 0.75, "referable_auc": 0.91}}
+    assert headline(report) == {
+        "test": {"qwk": 0.7, "referable_auc": 0.9, "referable_sensitivity": 0.8, "referable_specificity": 0.85,
+                 "odir": {"qwk": 0.6, "referable_auc": 0.8}},
+        "val": {"qwk": 0.75, "referable_auc": 0.91}}

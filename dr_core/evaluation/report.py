@@ -27,7 +27,7 @@ from dr_core.evaluation.metrics import (binary_auc, choose_operating_point, comp
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FILES = ("metrics.json", "classification_report.txt", "confusion_matrix.png", "roc_curves.png",
+OUTPUT_FILES = ("metrics.json", "headline.json", "classification_report.txt", "confusion_matrix.png", "roc_curves.png",
                 "calibration.png", "predictions.csv", "plots/roc_referable.csv", "plots/calibration.csv")
 
 
@@ -126,9 +126,10 @@ def write_evaluation(out_dir: str | Path, preds: Predictions, decision: Decision
     metrics.update(per_source)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "metrics.json").open("w") as fh:
-        json.dump({prefix: metrics, **(blocks or {})} if prefix else metrics, fh, indent=2)
-        fh.write("\n")
+    report = {prefix: metrics, **(blocks or {})} if prefix else metrics
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    if prefix:  # the DVC metric: a dozen headline figures, so that `dvc exp show` fits a terminal
+        (out_dir / "headline.json").write_text(json.dumps(headline(report), indent=2) + "\n")
     score = resolve_referable_score(probs, cfg.referable_grade, preds.score)
     _write_predictions(out_dir / "predictions.csv", ids, patients, y_true, y_pred, probs, score, decision.threshold,
                        preds.sources)
@@ -139,6 +140,24 @@ def write_evaluation(out_dir: str | Path, preds: Predictions, decision: Decision
              _ci(metrics, "qwk"), _ci(metrics, "referable_auc"), _ci(metrics, "referable_sensitivity"),
              _ci(metrics, "referable_specificity"), out_dir)
     return metrics
+
+
+HEADLINE = ("qwk", "referable_auc", "referable_sensitivity", "referable_specificity")
+
+
+def headline(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures that DVC tracks as metrics (``dvc exp show``, ``dvc metrics diff``): QWK, referable AUC,
+    sensitivity and specificity of each block (``test``, ``val``) and of each source nested in it.
+    Everything else (counts, per-class scores, interval bounds) stays in metrics.json, a plain output."""
+    out: dict[str, Any] = {}
+    for block, figures in report.items():
+        if not isinstance(figures, Mapping):
+            continue
+        kept = {key: figures[key] for key in HEADLINE if key in figures}
+        kept.update({name: {key: sub[key] for key in HEADLINE if key in sub}
+                     for name, sub in figures.items() if isinstance(sub, Mapping) and "referable_auc" in sub})
+        out[block] = kept
+    return out
 
 
 PREDICTION_FORMAT = "%.9g"  # float32 round-trips in 9 significant digits
