@@ -173,7 +173,8 @@ def _write_predictions(path: Path, ids: Sequence, patients: Sequence, y_true: np
     for k in range(probs.shape[1]):
         table[f"prob_{k}"] = probs[:, k]
     table["referable_score"] = score
-    table["referable_pred"] = score >= threshold
+    table["referable_pred"] = score >= threshold  # the referral rule, stated beside every grade:
+    table["referral_threshold"] = threshold       # referable_pred = referable_score >= referral_threshold
     # significant digits, not decimals: a regression head's scores reach 1e-6 and below, and six
     # decimals would tie them, so an AUC recomputed from this file (crossval) would drift from metrics.json
     table.to_csv(path, index=False, float_format=PREDICTION_FORMAT)

@@ -123,6 +123,8 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
     seen, checked = 0, 0
     y_true, probs_all = [], []
     n_batches = len(loader)
+    # One iterator over the loader. tqdm.auto, used before, built a second one when constructed (an extra set of
+    # worker processes per epoch, and the shuffle drawn a generator step later than designed).
     bar = progress(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0)
     grad_ctx = contextlib.nullcontext() if train else torch.no_grad()
     with grad_ctx:
