@@ -79,7 +79,8 @@ def test_predictions_csv_matches_probs_and_threshold(evaluation) -> None:
     out, metrics, probs = evaluation
     table = pd.read_csv(out / "predictions.csv", dtype={"id": str, "patient": str})
     assert list(table.columns) == ["id", "patient", "true_grade", "pred_grade", "prob_0", "prob_1", "prob_2",
-                                   "prob_3", "prob_4", "referable_score", "referable_pred"]
+                                   "prob_3", "prob_4", "referable_score", "referable_pred", "referral_threshold"]
+    assert (table["referable_pred"] == (table["referable_score"] >= table["referral_threshold"])).all()
     assert len(table) == 80 and table["id"].iloc[1] == "0_right"
     np.testing.assert_allclose(table[[f"prob_{k}" for k in range(5)]].to_numpy(), probs, atol=1e-6)
     assert (table["pred_grade"] == probs.argmax(1)).all()
