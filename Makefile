@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: repro test test-fast bench real-cpu real-cpu-cv ablation clean-venv chromium vendor-plots
 
-REAL_DATA ?= ../shared/data/eyepacs-dev
+REAL_DATA ?= ../shared/data/eyepacs-dev ../shared/data/odir-dev
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || (echo "drgrade: $(PYTHON) not found; install Python 3.11" >&2; exit 1)
@@ -24,12 +24,12 @@ repro: $(STAMP)
 	$(BIN)/dvc repro
 
 # The real-photo preset as the named DVC experiment `real-cpu`, run with `dvc exp run --temp` in a copy of the
-# workspace, so params.yaml, models/ and results/ stay as they were: 13-20 min on 2 CPU cores. Its model and
+# workspace, so params.yaml, models/ and results/ stay as they were: under 60 min on 2 CPU cores. Its model and
 # results are then copied to runs/real-cpu/ (`dvc get` from the experiment); `dvc exp show` lists it beside the
 # others and `dvc exp apply real-cpu` would bring it into the workspace. A rerun on the same commit replaces it.
 PRESET ?= presets/real-cpu.yaml
 real-cpu: $(STAMP)
-	@test -f $(REAL_DATA)/labels.csv || (echo "drgrade: $(REAL_DATA)/labels.csv not found; edit data.* in $(PRESET)" >&2; exit 1)
+	@for d in $(REAL_DATA); do test -f $$d/labels.csv || { echo "drgrade: $$d/labels.csv not found; edit data.sources in $(PRESET)" >&2; exit 1; }; done
 	set -e; ref=refs/exps/$$(git rev-parse HEAD | sed 's|^..|&/|')/real-cpu; \
 	if git show-ref -q --verify $$ref; then $(BIN)/dvc exp remove $$ref; fi; \
 	overrides=$$($(BIN)/python -m dr_core.cli.presets $(PRESET) --absolute); \
@@ -44,7 +44,7 @@ real-cpu: $(STAMP)
 # `dvc exp run` because `dvc repro` takes no -S overrides; DVC 3.67 then needs the root pipeline's outputs
 # named in dvc.lock in the local cache (its top-level plots are resolved): run `make repro` first on a fresh clone.
 real-cpu-cv: $(STAMP)
-	@test -f $(REAL_DATA)/labels.csv || (echo "drgrade: $(REAL_DATA)/labels.csv not found; edit data.* in presets/real-cpu.yaml" >&2; exit 1)
+	@for d in $(REAL_DATA); do test -f $$d/labels.csv || { echo "drgrade: $$d/labels.csv not found; edit data.sources in presets/real-cpu.yaml" >&2; exit 1; }; done
 	$(BIN)/dvc exp run cv/dvc.yaml $$($(BIN)/python -m dr_core.cli.presets presets/real-cpu.yaml)
 
 # The ablation table around the preset (research/ablation.py): queued DVC experiments, 3 seeds each.

@@ -18,8 +18,9 @@ def test_real_cpu_preset_is_valid_and_points_at_the_real_photos():
     flat = merged(ROOT / "params.yaml", overrides)
     assert flat["train.loss"] == "regression" and flat["evaluate.grade_rule"] == "qwk"
     assert flat["preprocess.cache_size"] >= flat["train.image_size"]
-    assert flat["data.sources"] == {"eyepacs": {"labels_csv": "../shared/data/eyepacs-dev/labels.csv",
-                                                "img_dir": "../shared/data/eyepacs-dev/images"}}  # demo is gone
+    assert flat["data.sources"] == {  # both populations; demo is gone
+        "eyepacs": {"labels_csv": "../shared/data/eyepacs-dev/labels.csv", "img_dir": "../shared/data/eyepacs-dev/images"},
+        "odir": {"labels_csv": "../shared/data/odir-dev/labels.csv", "img_dir": "../shared/data/odir-dev/images"}}
     args = to_set_args(overrides, absolute=True, root=ROOT)
     assert args[:2] == ["-S", "data.sources=null"]  # DVC: replace params.yaml's sources, then add the preset's
     labels = [a for a in args if a.startswith("+data.sources.eyepacs.labels_csv=")][0]
