@@ -1,6 +1,7 @@
 """Figures per source: at the pooled operating point, intervals within the source, nested for DVC."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -101,3 +102,27 @@ def test_evaluate_stage_writes_test_and_val_per_source(tmp_path: Path) -> None:
     point = json.loads((tmp_path / "results" / "operating_point.json").read_text())
     assert point["val_n_images"] == 40  # one operating point, chosen on the pooled val split
     assert shown["test.referable_threshold"] == point["threshold"]
+
+
+def test_a_model_trained_on_one_source_chooses_on_its_val_and_is_tested_on_every_source(tmp_path: Path) -> None:
+    """train.sources: the operating point comes from that source's val photos; test covers all sources."""
+    cache = write_fake_cache(tmp_path / "cache", {"train": 10, "val": 40, "test": 40})
+    for split in ("val", "test"):
+        table = pd.read_csv(cache / f"{split}.csv")
+        table.insert(1, "source", np.where(np.arange(len(table)) % 4 == 0, "odir", "demo"))
+        table.to_csv(cache / f"{split}.csv", index=False)
+    torch.manual_seed(0)
+    meta = CheckpointMeta(model_name="resnet10t", num_classes=5, image_size=64, mean=(0.5,) * 3, std=(0.25,) * 3,
+                          preprocess=PreprocessConfig(cache_size=64), class_names=GRADE_NAMES, referable_grade=2,
+                          epoch=1, stage=2, params={"train": {"sources": ["odir"]}})
+    save_checkpoint(tmp_path / "best_model.pth", timm.create_model("resnet10t", num_classes=5), meta)
+    evaluate_cached(tmp_path / "best_model.pth", cache, tmp_path / "results", EvaluateConfig(bootstrap=20), 0)
+    shown = _flat(json.loads((tmp_path / "results" / "metrics.json").read_text()))
+    assert shown["val.n_images"] == 10 and "val.demo.n_images" not in shown  # val: odir's photos only
+    assert shown["test.n_images"] == 40 and shown["test.demo.n_images"] == 30 and shown["test.odir.n_images"] == 10
+    assert json.loads((tmp_path / "results" / "operating_point.json").read_text())["val_n_images"] == 10
+
+    meta = dataclasses.replace(meta, params={"train": {"sources": ["aptos"]}})
+    save_checkpoint(tmp_path / "other.pth", timm.create_model("resnet10t", num_classes=5), meta)
+    with pytest.raises(ValueError, match=r"no photographs of source\(s\) \['aptos'\].*it holds \['demo', 'odir'\]"):
+        evaluate_cached(tmp_path / "other.pth", cache, tmp_path / "r2", EvaluateConfig(bootstrap=0), 0)

@@ -100,7 +100,10 @@ def test_crop_all_black_falls_back_to_whole_image(caplog):
         out = crop_to_fundus(img)
     assert out.shape == img.shape
     assert "no fundus" in caplog.text
-    assert preprocess_image(img, PreprocessConfig(cache_size=32)).shape == (32, 32, 3)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert preprocess_image(img, PreprocessConfig(cache_size=32), "odir/images/7_left.jpg").shape == (32, 32, 3)
+    assert caplog.text.count("odir/images/7_left.jpg: no fundus found") == 1  # the photo is named
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (3, 700, 3), (700, 2, 3)])

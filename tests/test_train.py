@@ -251,3 +251,36 @@ def test_training_stops_when_params_yaml_changes_under_it(fake_cache, tmp_path, 
         fit(fake_cache, tmp_path / "m", tmp_path / "l", params, check)
     assert read_checkpoint(tmp_path / "m" / "last.pth")["train_state"]["epoch"] == 1  # epoch 2 wrote nothing
     assert not (tmp_path / "m" / "training_history.json").exists()
+
+
+def test_train_sources_trains_and_validates_on_those_sources_only(tmp_path):
+    """train.sources: the loaders hold that source's photos of the same cached split, nothing else."""
+    import pandas as pd
+
+    from dr_core.data.loaders import make_loaders
+
+    cache = write_fake_cache(tmp_path / "cache", {"train": 40, "val": 20, "test": 20})
+    for split in ("train", "val", "test"):
+        table = pd.read_csv(cache / f"{split}.csv")
+        table.insert(1, "source", ["odir" if i % 4 == 0 else "eyepacs" for i in range(len(table))])
+        table.to_csv(cache / f"{split}.csv", index=False)
+    odir = make_loaders(cache, tiny(sources=["odir"]), (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
+    assert len(odir.train.dataset) == 10 and len(odir.val.dataset) == 5
+    assert odir.train_grades.tolist() == pd.read_csv(cache / "train.csv")["grade"].to_numpy()[::4].tolist()
+    both = make_loaders(cache, tiny(), (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
+    assert len(both.train.dataset) == 40 and len(both.val.dataset) == 20
+    image, grade = odir.train.dataset[1]  # the second odir photo is row 4 of the cache
+    assert grade == int(pd.read_csv(cache / "train.csv")["grade"][4])
+    with pytest.raises(ValueError, match=r"train.csv: no photographs of source\(s\) \['aptos'\]"):
+        make_loaders(cache, tiny(sources=["aptos"]), (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
+
+
+def test_train_sources_must_be_distinct_source_names():
+    from dr_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.sources: got \['odir', 'odir'\], expected each source once"):
+        tiny(sources=["odir", "odir"])
+    with pytest.raises(ConfigError, match=r"train.sources\[0\]: got 'a b'"):
+        tiny(sources=["a b"])
+    with pytest.raises(ConfigError, match="expected a list of names"):
+        tiny(sources="odir")

@@ -286,8 +286,14 @@ class TrainConfig:
     nproc_per_node: int = 1  # >1: torchrun --standalone, one process per GPU (gloo on CPU)
     sync_bn: bool = False
     lr_scaling: str = "linear"  # linear: LR x world size (the per-process batch stays batch_size)
+    sources: tuple[str, ...] = ()  # train and val on these data.sources only (same split); empty: all
 
     def validate(self) -> None:
+        for i, name in enumerate(self.sources):
+            _check(re.fullmatch(SOURCE_NAME, name) is not None, f"train.sources[{i}]", name,
+                   "the name of one of data.sources")
+        _check(len(set(self.sources)) == len(self.sources), "train.sources", list(self.sources),
+               "each source once")
         _choice("train.loss", self.loss, LOSSES)
         _choice("train.regression_loss", self.regression_loss, ("smooth_l1", "mse"))
         _choice("train.amp_dtype", self.amp_dtype, AMP_MODES)
@@ -562,6 +568,12 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: got {value!r}, expected a list of integers, e.g. [0, 1, 2]")
         return tuple(_coerce(f"{key}[{i}]", v, int) for i, v in enumerate(value))
+    if typ == tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: got {value!r}, expected a list of names, e.g. [eyepacs, odir]")
+        return tuple(_coerce(f"{key}[{i}]", v, str) for i, v in enumerate(value))
     if typ is str:
         if value is None:
             return ""

@@ -78,12 +78,12 @@ def fundus_bbox(rgb: np.ndarray) -> tuple[int, int, int, int] | None:
     return y * k, bottom, x * k, right
 
 
-def crop_to_fundus(rgb: np.ndarray) -> np.ndarray:
+def crop_to_fundus(rgb: np.ndarray, name: str = "") -> np.ndarray:
     """Crop ``rgb`` (H, W, 3) uint8 to the tight bounding box of the fundus.
 
     Discs cut by the image edge (IDRiD: top and bottom) keep the cut rows and their full width.
     Never returns an empty image: if no fundus is found, the whole image is returned and a
-    warning is logged.
+    warning naming ``name`` (the photo's path, when known) is logged.
 
     Returns:
         A view into ``rgb`` (no copy).
@@ -92,8 +92,8 @@ def crop_to_fundus(rgb: np.ndarray) -> np.ndarray:
         raise ValueError(f"crop_to_fundus expects a non-empty (H, W, 3) image, got shape {rgb.shape}")
     box = fundus_bbox(rgb)
     if box is None:
-        log.warning("no fundus found in a %dx%d image (all dark or uniform); keeping the whole image",
-                    rgb.shape[1], rgb.shape[0])
+        log.warning("%sno fundus found in a %dx%d image (all dark or uniform); keeping the whole image",
+                    f"{name}: " if name else "", rgb.shape[1], rgb.shape[0])
         return rgb
     top, bottom, left, right = box
     return rgb[top:bottom, left:right]

@@ -43,7 +43,8 @@ class Loaders:
 
 def make_loaders(cache_dir: Path, params: Params, mean: Sequence[float], std: Sequence[float],
                  device: torch.device, dist: DistInfo = DistInfo()) -> Loaders:
-    """Loaders for the cached train (augmented, shuffled or class-balanced) and val splits.
+    """Loaders for the cached train (augmented, shuffled or class-balanced) and val splits, of the
+    photos of ``train.sources`` only when it names some.
 
     Distributed: each process sees a disjoint shard of train (DistributedSampler) and of val
     (every world_size-th image, no padding, so gathered predictions cover val exactly once).
@@ -53,8 +54,8 @@ def make_loaders(cache_dir: Path, params: Params, mean: Sequence[float], std: Se
         cv2.setNumThreads(0)  # OpenCV's thread pool does not survive fork into loader workers
     level = "advanced" if t.advanced_aug else "basic"
     train_tf = build_transforms(t.image_size, mean, std, level, t.aug_strength)
-    train_ds, train_meta = cached_dataset(cache_dir, "train", train_tf)
-    val_ds, _ = cached_dataset(cache_dir, "val", build_transforms(t.image_size, mean, std, "none"))
+    train_ds, train_meta = cached_dataset(cache_dir, "train", train_tf, t.sources)
+    val_ds, _ = cached_dataset(cache_dir, "val", build_transforms(t.image_size, mean, std, "none"), t.sources)
     grades = train_meta["grade"].to_numpy()
     generator = torch.Generator().manual_seed(params.seed)
     sampler, val_sampler = None, None

@@ -183,16 +183,17 @@ def circular_mask(rgb: np.ndarray, margin: float = 0.0) -> np.ndarray:
     return rgb * inside[..., None]
 
 
-def preprocess_image(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+def preprocess_image(rgb: np.ndarray, cfg: PreprocessConfig, name: str = "") -> np.ndarray:
     """The deterministic pipeline the cache stores: RGB uint8 (H, W, 3) -> (S, S, 3), S = cache_size.
 
-    See the module docstring for the order of the steps and the reasons for it.
+    See the module docstring for the order of the steps and the reasons for it. ``name`` (the photo's
+    path) only goes into warnings.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.size == 0:
         raise ValueError(f"preprocess_image expects a non-empty uint8 (H, W, 3) RGB image, "
                          f"got {rgb.dtype} {rgb.shape}")
     size = cfg.cache_size
-    image = crop_to_fundus(rgb) if cfg.medical else rgb
+    image = crop_to_fundus(rgb, name) if cfg.medical else rgb
     image = resize_to_fit(image, size, cfg.keep_aspect)
     if cfg.medical and cfg.clahe:
         image = apply_clahe(image, cfg.clahe_clip, cfg.clahe_grid)
@@ -208,7 +209,7 @@ def preprocess_image(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 def preprocess_file(path: Path, cfg: PreprocessConfig) -> np.ndarray:
     """Read a photograph (reduced JPEG decoding where possible) and preprocess it: what the cache
     stores for it, and what inference on a raw photo must feed the model."""
-    return preprocess_image(read_fundus(path, cfg.cache_size), cfg)
+    return preprocess_image(read_fundus(path, cfg.cache_size), cfg, str(path))
 
 
 @functools.lru_cache(maxsize=8)

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from dr_core.config import DataConfig, EvaluateConfig, PreprocessConfig
-from dr_core.data.dataset import load_cache
+from dr_core.data.dataset import load_cache, source_rows
 from dr_core.evaluation.by_source import by_source, headline
 from dr_core.evaluation.eyes import fellow_eye_predictions
 from dr_core.evaluation.inference import predict_probs
@@ -50,11 +50,19 @@ def folder_output(rel: str) -> bool:
 def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: EvaluateConfig,
                     seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """The evaluate stage: threshold and cut-points chosen on the cached val split (all sources pooled), metrics
-    on the cached test split, overall and per source, and the same headline figures for val (``val`` block)."""
+    on the cached test split, overall and per source, and the same headline figures for val (``val`` block).
+
+    A model trained on some sources only (``train.sources``, recorded in its checkpoint) has its point chosen
+    on the val photos of those sources, as its user would, and is tested on every source's test photos."""
     model, meta = load_checkpoint(model_path)
+    trained_on = tuple(meta.params.get("train", {}).get("sources") or ())
     probs, scores, rows = {}, {}, {}
     for split in ("val", "test"):
         images, rows[split] = load_cache(cache_dir, split)
+        if split == "val" and trained_on:
+            keep = source_rows(rows[split], trained_on, f"{cache_dir / 'val.csv'} (the sources {model_path} "
+                                                        "was trained on)")
+            images, rows[split] = images[keep], rows[split].iloc[keep].reset_index(drop=True)
         log.info("predicting %d %s images%s", len(images), split, " with TTA" if cfg.tta else "")
         probs[split], scores[split] = _predict(model, images, meta, rows[split]["patient"].tolist(), cfg, device)
     val_grades = rows["val"]["grade"].to_numpy()

@@ -59,6 +59,15 @@ def sources_lines(split: Mapping[str, Any]) -> list[str]:
             f"{info.get('n_bad', 0)} left out as unusable." for name, info in sources.items()]
 
 
+def trained_on_lines(meta: CheckpointMeta) -> list[str]:
+    """With ``train.sources``, the sources whose photos trained the model and chose its operating point."""
+    sources = (meta.params.get("train") or {}).get("sources") or ()
+    if not sources:
+        return []
+    return [f"- Trained, and its operating point chosen, on the photographs of {', '.join(f'`{s}`' for s in sources)} "
+            "only (`train.sources`); the test figures cover every source's test photos."]
+
+
 def model_card(meta: CheckpointMeta, metrics: Mapping[str, Any], point: Mapping[str, Any],
                split: Mapping[str, Any], checkpoint_digest: str, onnx_check: Mapping[str, Any]) -> str:
     """The card's Markdown text."""
@@ -98,6 +107,7 @@ def model_card(meta: CheckpointMeta, metrics: Mapping[str, Any], point: Mapping[
         "",
         "## Training data",
         *sources_lines(split),
+        *trained_on_lines(meta),
         "",
         data_table(split),
         "",
