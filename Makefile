@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's commands call `python`: make it the venv's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: repro test test-fast bench real-cpu real-cpu-cv ablation clean-venv chromium vendor-plots
+.PHONY: repro test test-fast bench real-cpu real-gpu real-cpu-cv ablation clean-venv chromium vendor-plots
 
 REAL_DATA ?= ../shared/data/eyepacs-dev ../shared/data/odir-dev
 
@@ -23,21 +23,21 @@ repro: $(STAMP)
 	@test -d .git || (echo "drgrade: not a git repository; clone the project with git" >&2; exit 1)
 	$(BIN)/dvc repro
 
-# The real-photo preset as the named DVC experiment `real-cpu`, run with `dvc exp run --temp` in a copy of the
-# workspace, so params.yaml, models/ and results/ stay as they were: under 60 min on 2 CPU cores. Its model and
-# results are then copied to runs/real-cpu/ (`dvc get` from the experiment); `dvc exp show` lists it beside the
-# others and `dvc exp apply real-cpu` would bring it into the workspace. A rerun on the same commit replaces it.
-PRESET ?= presets/real-cpu.yaml
-real-cpu: $(STAMP)
-	@for d in $(REAL_DATA); do test -f $$d/labels.csv || { echo "drgrade: $$d/labels.csv not found; edit data.sources in $(PRESET)" >&2; exit 1; }; done
-	set -e; ref=refs/exps/$$(git rev-parse HEAD | sed 's|^..|&/|')/real-cpu; \
+# A real-photo preset (presets/<target>.yaml, or PRESET=...) as the named DVC experiment `real-cpu` or
+# `real-gpu`, run with `dvc exp run --temp` in a copy of the workspace, so params.yaml, models/ and results/
+# stay as they were: real-cpu takes under 60 min on 2 CPU cores. Its model and results are then copied to
+# runs/<target>/ (`dvc get` from the experiment); `dvc exp show` lists it beside the others and
+# `dvc exp apply real-cpu` would bring it into the workspace. A rerun on the same commit replaces it.
+real-cpu real-gpu: $(STAMP)
+	@for d in $(REAL_DATA); do test -f $$d/labels.csv || { echo "drgrade: $$d/labels.csv not found; edit data.sources in $(or $(PRESET),presets/$@.yaml)" >&2; exit 1; }; done
+	set -e; ref=refs/exps/$$(git rev-parse HEAD | sed 's|^..|&/|')/$@; \
 	if git show-ref -q --verify $$ref; then $(BIN)/dvc exp remove $$ref; fi; \
-	overrides=$$($(BIN)/python -m dr_core.cli.presets $(PRESET) --absolute); \
-	$(BIN)/dvc exp run --temp --name real-cpu evaluate $$overrides; \
-	rm -rf runs/real-cpu; \
-	$(BIN)/dvc get . models/best_model.pth --rev $$ref -o runs/real-cpu/best_model.pth; \
-	$(BIN)/dvc get . results --rev $$ref -o runs/real-cpu/results; \
-	echo "drgrade: experiment real-cpu ($$ref); its model and results in runs/real-cpu/"
+	overrides=$$($(BIN)/python -m dr_core.cli.presets $(or $(PRESET),presets/$@.yaml) --absolute); \
+	$(BIN)/dvc exp run --temp --name $@ evaluate $$overrides; \
+	rm -rf runs/$@; \
+	$(BIN)/dvc get . models/best_model.pth --rev $$ref -o runs/$@/best_model.pth; \
+	$(BIN)/dvc get . results --rev $$ref -o runs/$@/results; \
+	echo "drgrade: experiment $@ ($$ref); its model and results in runs/$@/"
 
 # The same preset cross-validated by cv/dvc.yaml: five patient-level folds, each photo tested once, the
 # folds' predictions pooled into cv/metrics.json and cv/cv.md; five trainings, about 70 min on 2 CPU cores.

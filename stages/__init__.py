@@ -5,18 +5,22 @@ from __future__ import annotations
 import sys
 from typing import Callable, NoReturn
 
-from dr_core.config import ConfigError
+from dr_core.config import ConfigError, InputError
 from dr_core.runtime.lock import FolderLocked
 
 
 def run(main: Callable[[], int | None]) -> NoReturn:
-    """Run a stage's ``main``; a settings error (exit 2) or a folder another process is writing (exit 3)
-    is one line on stderr, not a traceback."""
+    """Run a stage's ``main``; a settings error (exit 2), other input the user can fix (a photo, a labels file,
+    a checkpoint: exit 1) or a folder another process is writing (exit 3) is one line on stderr, not a
+    traceback."""
     try:
         code = main()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         code = 2
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 1
     except FolderLocked as err:
         print(f"error: {err}", file=sys.stderr)
         code = 3

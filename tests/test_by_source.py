@@ -121,6 +121,8 @@ def test_a_model_trained_on_one_source_chooses_on_its_val_and_is_tested_on_every
     assert shown["val.n_images"] == 10 and "val.demo.n_images" not in shown  # val: odir's photos only
     assert shown["test.n_images"] == 40 and shown["test.demo.n_images"] == 30 and shown["test.odir.n_images"] == 10
     assert json.loads((tmp_path / "results" / "operating_point.json").read_text())["val_n_images"] == 10
+    val = pd.read_csv(tmp_path / "results" / "val_predictions.csv")  # what the point was chosen on
+    assert len(val) == 10 and set(val["source"]) == {"odir"} and val["referral_threshold"].nunique() == 1
 
     meta = dataclasses.replace(meta, params={"train": {"sources": ["aptos"]}})
     save_checkpoint(tmp_path / "other.pth", timm.create_model("resnet10t", num_classes=5), meta)

@@ -300,3 +300,22 @@ def test_library_metrics_give_the_hand_written_figures_on_fixed_inputs():
         assert (np.isnan(expected) and np.isnan(got)) or abs(got - expected) < 1e-12
     same = np.array([2, 2, 2])
     assert np.isnan(m.quadratic_weighted_kappa(same, same, 5))  # no chance disagreement: undefined
+
+
+def test_sensitivity_each_source_meets_the_target_in_every_population():
+    """One threshold: pooled, the larger source's easy positives hide the smaller one's misses; per source,
+    the threshold drops until the harder source reaches the target too."""
+    from dr_core.evaluation.metrics import choose_operating_point, sensitivity_specificity
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(100, bool), np.zeros(100, bool), np.ones(20, bool), np.zeros(20, bool)]
+    score = np.r_[rng.uniform(0.6, 1.0, 100), rng.uniform(0.0, 0.5, 100),   # source a: well separated
+                  rng.uniform(0.2, 0.7, 20), rng.uniform(0.0, 0.3, 20)]     # source b: lower scores
+    groups = np.array(["a"] * 200 + ["b"] * 40)
+    pooled = choose_operating_point(y, score, "sensitivity", 0.9)
+    each = choose_operating_point(y, score, "sensitivity_each_source", 0.9, groups)
+    sens_b = lambda t: sensitivity_specificity(y[groups == "b"], score[groups == "b"], t)[0]
+    assert sens_b(pooled) < 0.9 <= sens_b(each) and each < pooled
+    for g in "ab":
+        assert sensitivity_specificity(y[groups == g], score[groups == g], each)[0] >= 0.9
+    assert choose_operating_point(y, score, "sensitivity_each_source", 0.9) == pooled  # no groups: pooled

@@ -28,6 +28,13 @@ def test_real_cpu_preset_is_valid_and_points_at_the_real_photos():
     assert not [a for a in args if a != shlex.quote(a)]  # nothing for `$(...)` in the Makefile to mangle
 
 
+def test_real_gpu_preset_is_valid_and_uses_both_sources_at_full_resolution():
+    flat = merged(ROOT / "params.yaml", read_preset(ROOT / "presets/real-gpu.yaml"))
+    assert set(flat["data.sources"]) == {"eyepacs", "odir"}
+    assert flat["preprocess.cache_size"] >= flat["train.image_size"] >= 448  # ODIR's photos are 448 px
+    assert flat["model.pretrained_file"] == "builtin" and flat["model.name"] == "tf_efficientnet_lite2"
+
+
 def test_a_preset_cannot_leave_the_sources_empty(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("data:\n  sources: {}\n")

@@ -140,3 +140,23 @@ def test_progress_off_a_terminal_logs_a_few_lines_not_a_redraw_per_item(caplog, 
         for _ in range(4):
             manual.update()
     assert caplog.records[-1].getMessage().startswith("demo images: 4/4")
+
+
+@pytest.mark.parametrize("error, code", [("config", 2), ("data", 1), ("checkpoint", 1), ("cache", 1)])
+def test_a_stage_turns_input_errors_into_one_line(error, code, capsys):
+    """stages.run: an error the user can fix is `error: <message>` on stderr and an exit code, no traceback."""
+    from dr_core.config import ConfigError
+    from dr_core.data.cache import CacheBuildError
+    from dr_core.data.ingest import DataError
+    from dr_core.models.checkpoint import CheckpointError
+    from stages import run
+
+    kinds = {"config": ConfigError, "data": DataError, "checkpoint": CheckpointError, "cache": CacheBuildError}
+
+    def main():
+        raise kinds[error]("labels.csv: line 3: grade 7; grades are 0-4")
+
+    with pytest.raises(SystemExit) as exit_:
+        run(main)
+    assert exit_.value.code == code
+    assert capsys.readouterr().err == "error: labels.csv: line 3: grade 7; grades are 0-4\n"

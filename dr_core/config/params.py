@@ -44,7 +44,12 @@ METRIC_KEYS = frozenset({
       for end in ("low", "high", "skipped"))})
 
 
-class ConfigError(ValueError):
+class InputError(Exception):
+    """Input the user can fix (a setting, a photo, a labels file, a checkpoint): its message names what is
+    wrong and how to fix it, so entry points print it as one line rather than a traceback."""
+
+
+class ConfigError(InputError, ValueError):
     """A setting in params.yaml is unknown or out of range."""
 
 
@@ -333,7 +338,7 @@ class EvaluateConfig:
     """Test-split evaluation and the referable-DR operating point."""
 
     referable_grade: int = 2  # grade >= this is referable (moderate or worse)
-    operating_point: str = "sensitivity"  # sensitivity | youden
+    operating_point: str = "sensitivity"  # sensitivity | sensitivity_each_source | youden
     target_sensitivity: float = 0.87
     bootstrap: int = 1000
     tta: bool = False
@@ -349,7 +354,7 @@ class EvaluateConfig:
         _choice("evaluate.fellow_eye_scope", self.fellow_eye_scope, FELLOW_EYE_SCOPES)
         _check(0.0 <= self.fellow_eye_weight < 1.0, "evaluate.fellow_eye_weight", self.fellow_eye_weight,
                "a fraction in [0, 1)")
-        _choice("evaluate.operating_point", self.operating_point, ("sensitivity", "youden"))
+        _choice("evaluate.operating_point", self.operating_point, ("sensitivity", "sensitivity_each_source", "youden"))
         _check(0 < self.target_sensitivity <= 1, "evaluate.target_sensitivity",
                self.target_sensitivity, "a fraction in (0, 1]")
         _check(self.bootstrap >= 0, "evaluate.bootstrap", self.bootstrap, "0 (off) or a positive integer")

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from dr_core.config import PreprocessConfig
+from dr_core.config import InputError, PreprocessConfig
 from dr_core.data.contact_sheet import make_contact_sheet
 from dr_core.runtime.io import write_atomic
 from dr_core.runtime.workers import pool_context, resolve_workers
@@ -42,7 +42,7 @@ Task = tuple[int, str]  # (row index, image path)
 Imap = Callable[[Iterable[Task]], Iterator[tuple[int, np.ndarray]]]
 
 
-class CacheBuildError(RuntimeError):
+class CacheBuildError(InputError, RuntimeError):
     """An image could not be read or preprocessed; the message names the file."""
 
 

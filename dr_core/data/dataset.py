@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from dr_core.config import ConfigError
 from dr_core.data.augment import to_tensor
 
 SPLITS = ("train", "val", "test")
@@ -39,13 +40,13 @@ def load_cache(cache_dir: str | Path, split: str) -> tuple[np.ndarray, pd.DataFr
 def source_rows(meta: pd.DataFrame, sources: Sequence[str], where: str) -> np.ndarray:
     """Positions of the rows of ``meta`` whose ``source`` is one of ``sources`` (all rows when empty).
 
-    Raises ValueError naming any source without a photo in ``where``, and the sources it has."""
+    Raises ConfigError naming any source without a photo in ``where``, and the sources it has."""
     if not sources:
         return np.arange(len(meta))
     present = sorted(set(meta["source"])) if "source" in meta.columns else []
     missing = [name for name in sources if name not in present]
     if missing:
-        raise ValueError(f"{where}: no photographs of source(s) {missing} (train.sources); it holds {present}. "
+        raise ConfigError(f"{where}: no photographs of source(s) {missing} (train.sources); it holds {present}. "
                          "Name sources of data.sources, or leave train.sources empty for all")
     return np.flatnonzero(meta["source"].isin(list(sources)).to_numpy())
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from dr_core.config import DataConfig
+from dr_core.config import DataConfig, InputError
 from dr_core.data.dedup import fingerprint
 from dr_core.runtime.workers import pool_context, resolve_workers
 from dr_core.runtime.progress import progress
@@ -51,7 +51,7 @@ _REDUCED = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
             2: cv2.IMREAD_REDUCED_COLOR_2, 1: cv2.IMREAD_COLOR}
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """The labels CSV or the image folder holds something the pipeline cannot use."""
 
 

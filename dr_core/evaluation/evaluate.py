@@ -33,13 +33,15 @@ from dr_core.evaluation.eyes import fellow_eye_predictions
 from dr_core.evaluation.inference import predict_probs
 from dr_core.evaluation.predictions import Decision, Predictions
 from dr_core.models.checkpoint import CheckpointMeta, load_checkpoint
-from dr_core.evaluation.report import OUTPUT_FILES, choose_cutpoints, choose_threshold, write_evaluation
+from dr_core.evaluation.report import (OUTPUT_FILES, choose_cutpoints, choose_threshold, write_evaluation,
+                                       write_predictions)
 from dr_core.runtime.io import file_sha256
 from dr_core.runtime.progress import progress
 
 log = logging.getLogger(__name__)
 
 BAD_IMAGES = "bad_images.csv"  # evaluate_folder's list of the photos left out
+VAL_PREDICTIONS = "val_predictions.csv"  # evaluate_cached: the val photos the point was chosen on
 
 
 def folder_output(rel: str) -> bool:
@@ -67,7 +69,8 @@ def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: Evalu
         probs[split], scores[split] = _predict(model, images, meta, rows[split]["patient"].tolist(), cfg, device)
     val_grades = rows["val"]["grade"].to_numpy()
     cutpoints = choose_cutpoints(val_grades, probs["val"], cfg)
-    point = choose_threshold(val_grades, probs["val"], cfg, cutpoints, scores["val"])
+    sources = rows["val"]["source"].tolist() if "source" in rows["val"].columns else None
+    point = choose_threshold(val_grades, probs["val"], cfg, cutpoints, scores["val"], sources)
     point["grade_cutpoints"] = cutpoints
     point["model"] = str(model_path)
     point["model_sha256"] = file_sha256(model_path)  # predict and evaluate refuse it with another checkpoint
@@ -79,6 +82,7 @@ def evaluate_cached(model_path: Path, cache_dir: Path, out_dir: Path, cfg: Evalu
                                 rows[split]["source"].tolist() if "source" in rows[split].columns else None)
              for split in ("val", "test")}
     val = {**headline(preds["val"], decision, cfg, seed), **by_source(preds["val"], decision, cfg, seed)}
+    write_predictions(out_dir / VAL_PREDICTIONS, preds["val"], decision, cfg)
     return write_evaluation(out_dir, preds["test"], decision, cfg, meta.class_names, "test", seed, {"val": val})
 
 

@@ -23,7 +23,7 @@ from dr_core.evaluation.calibration import DEFAULT_BINS, brier_score, expected_c
 from dr_core.config import GRADE_NAMES, EvaluateConfig
 from dr_core.evaluation.predictions import Decision, Predictions
 
-OPERATING_POINTS = ("sensitivity", "youden")
+OPERATING_POINTS = ("sensitivity", "sensitivity_each_source", "youden")
 
 
 def grade_names(num_classes: int) -> list[str]:
@@ -122,8 +122,16 @@ def sensitivity_specificity(y_ref: np.ndarray, score: np.ndarray, threshold: flo
     return sens, spec
 
 
+def _sensitivity_threshold(positive_scores: np.ndarray, target: float) -> float:
+    """The highest threshold calling at least ``target`` of these referable cases referable."""
+    positives = np.sort(positive_scores)[::-1]
+    # smallest number of positives to call referable; the epsilon guards 0.87 * 100 = 87.00000000000001
+    needed = max(1, math.ceil(target * len(positives) - 1e-9))
+    return float(positives[needed - 1])
+
+
 def choose_operating_point(y_ref_val: np.ndarray, score_val: np.ndarray, mode: str = "sensitivity",
-                           target_sensitivity: float = 0.87) -> float:
+                           target_sensitivity: float = 0.87, groups: Sequence | None = None) -> float:
     """Threshold on the referable score, chosen on the validation split only.
 
     Args:
@@ -131,8 +139,12 @@ def choose_operating_point(y_ref_val: np.ndarray, score_val: np.ndarray, mode: s
         score_val: referable score on validation.
         mode: ``"sensitivity"``: the highest threshold whose validation sensitivity is at
             least ``target_sensitivity`` (so the best specificity under that constraint);
+            ``"sensitivity_each_source"``: the highest threshold whose validation sensitivity is at
+            least ``target_sensitivity`` within every group of ``groups`` (the sources) that has a
+            referable case: one threshold, met by each population rather than by their mixture;
             ``"youden"``: the threshold maximising sensitivity + specificity - 1.
-        target_sensitivity: used by ``"sensitivity"`` mode.
+        target_sensitivity: used by the two sensitivity modes.
+        groups: each photo's group (source), for ``"sensitivity_each_source"``; None: one group.
 
     Returns:
         A threshold to apply unchanged to the test split (``score >= threshold`` is referable).
@@ -146,13 +158,16 @@ def choose_operating_point(y_ref_val: np.ndarray, score_val: np.ndarray, mode: s
     if not y.any():
         raise ValueError("validation split has no referable case, so no operating point can be chosen; "
                          "enlarge split.val or check the labels")
-    if mode == "sensitivity":
+    if mode in ("sensitivity", "sensitivity_each_source"):
         if not 0.0 < target_sensitivity <= 1.0:
             raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity!r}")
-        positives = np.sort(score[y])[::-1]
-        # smallest number of positives to call referable; the epsilon guards 0.87 * 100 = 87.00000000000001
-        needed = max(1, math.ceil(target_sensitivity * len(positives) - 1e-9))
-        return float(positives[needed - 1])
+        if mode == "sensitivity" or groups is None:
+            return _sensitivity_threshold(score[y], target_sensitivity)
+        groups = np.asarray(groups)
+        if len(groups) != len(y):
+            raise ValueError(f"groups has {len(groups)} rows but score_val has {len(score)}")
+        return min(_sensitivity_threshold(score[y & (groups == g)], target_sensitivity)
+                   for g in np.unique(groups[y]))
     if y.all():
         raise ValueError("validation split has no non-referable case; the Youden point needs both; "
                          "use evaluate.operating_point: sensitivity")

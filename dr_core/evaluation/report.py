@@ -32,13 +32,14 @@ OUTPUT_FILES = ("metrics.json", "headline.json", "classification_report.txt", "c
 
 
 def choose_threshold(val_y_true: np.ndarray, val_probs: np.ndarray, cfg: EvaluateConfig,
-                     cutpoints: Sequence[float] | None = None, val_score: np.ndarray | None = None
-                     ) -> dict[str, Any]:
+                     cutpoints: Sequence[float] | None = None, val_score: np.ndarray | None = None,
+                     val_sources: Sequence[str] | None = None) -> dict[str, Any]:
     """The referable-DR operating point, chosen on validation only (JSON-ready).
 
     Args:
         cutpoints: the grade rule in use (:func:`choose_cutpoints`; ``None`` = argmax), for ``val_qwk``.
         val_score: the referable score, when it is not the one ``val_probs`` imply (fellow-eye blending).
+        val_sources: each val photo's source, for ``operating_point: sensitivity_each_source``.
 
     Returns:
         ``threshold`` (call referable when the score is at least this), how it was chosen
@@ -50,13 +51,13 @@ def choose_threshold(val_y_true: np.ndarray, val_probs: np.ndarray, cfg: Evaluat
     val_y_true, val_probs = validate_predictions(val_y_true, val_probs, name="val")
     y_ref = referable_labels(val_y_true, cfg.referable_grade)
     score = resolve_referable_score(val_probs, cfg.referable_grade, val_score)
-    threshold = choose_operating_point(y_ref, score, cfg.operating_point, cfg.target_sensitivity)
+    threshold = choose_operating_point(y_ref, score, cfg.operating_point, cfg.target_sensitivity, val_sources)
     sens, spec = sensitivity_specificity(y_ref, score, threshold)
     log.info("operating point (%s) on val: referable score >= %.4f, sensitivity %.3f, specificity %.3f "
              "(%d photos, %d referable)", cfg.operating_point, threshold, sens, spec, len(y_ref), y_ref.sum())
     point = to_jsonable({
         "threshold": threshold, "mode": cfg.operating_point,
-        "target_sensitivity": cfg.target_sensitivity if cfg.operating_point == "sensitivity" else None,
+        "target_sensitivity": cfg.target_sensitivity if cfg.operating_point != "youden" else None,
         "referable_grade": cfg.referable_grade, "fellow_eye_weight": cfg.fellow_eye_weight,
         "fellow_eye_scope": cfg.fellow_eye_scope, "val_sensitivity": sens, "val_specificity": spec,
         "val_auc": binary_auc(y_ref, score),
@@ -161,6 +162,15 @@ def headline(report: Mapping[str, Any]) -> dict[str, Any]:
 
 
 PREDICTION_FORMAT = "%.9g"  # float32 round-trips in 9 significant digits
+
+
+def write_predictions(path: Path, preds: Predictions, decision: Decision, cfg: EvaluateConfig) -> None:
+    """One row per photo (as ``predictions.csv``): grades under ``decision``, probabilities, referable score
+    and call."""
+    y_pred = decide_grades(preds.probs, decision.cutpoints)
+    score = resolve_referable_score(preds.probs, cfg.referable_grade, preds.score)
+    _write_predictions(path, preds.ids, preds.patients, preds.y_true, y_pred, preds.probs, score, decision.threshold,
+                       preds.sources)
 
 
 def _write_predictions(path: Path, ids: Sequence, patients: Sequence, y_true: np.ndarray,
@@ -270,9 +280,11 @@ def format_report(metrics: dict[str, Any], y_true: np.ndarray, y_pred: np.ndarra
         rule = "given, not tuned on these photos"
         val_line = []
     else:
-        rule = (f"highest threshold with validation sensitivity >= {operating_point['target_sensitivity']:.2f}"
-                if operating_point["mode"] == "sensitivity" else
-                "Youden index (sensitivity + specificity - 1) on validation")
+        rule = {"sensitivity": f"highest threshold with validation sensitivity >= "
+                               f"{operating_point.get('target_sensitivity') or 0:.2f}",
+                "sensitivity_each_source": f"highest threshold with validation sensitivity >= "
+                                           f"{operating_point.get('target_sensitivity') or 0:.2f} in every source",
+                }.get(operating_point["mode"], "Youden index (sensitivity + specificity - 1) on validation")
         val_line = [f"  validation sens / spec     {_fmt(operating_point['val_sensitivity'])} / "
                     f"{_fmt(operating_point['val_specificity'])}  ({operating_point['val_n_images']} photos, "
                     f"{operating_point['val_n_referable']} referable)"]

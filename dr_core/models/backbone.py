@@ -10,7 +10,7 @@ import timm
 import torch
 from torch import nn
 
-from dr_core.config import ModelConfig
+from dr_core.config import InputError, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ BUILTIN_WEIGHTS = {
 BUILTIN_ARCH = "tf_efficientnet_lite0"  # the default model
 
 
-class WeightsError(RuntimeError):
+class WeightsError(InputError, RuntimeError):
     """Pretrained weights could not be found, downloaded or matched to the model."""
 
 

@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from dr_core.config import ConfigError, PreprocessConfig, params_from_dict
+from dr_core.config import ConfigError, InputError, PreprocessConfig, params_from_dict
 from dr_core.config.params import GLOBAL_POOLS
 from dr_core.models.heads import HEADS, num_outputs
 from dr_core.runtime.io import write_atomic
@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 REQUIRED_META = ("model_name", "num_classes", "image_size", "mean", "std", "preprocess", "class_names")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint is missing, corrupt or does not fit the model it describes."""
 
 
