@@ -24,19 +24,20 @@ repro: $(STAMP)
 	$(BIN)/dvc repro
 
 # A real-photo preset (presets/<target>.yaml, or PRESET=...) as the named DVC experiment `real-cpu` or
-# `real-gpu`, run with `dvc exp run --temp` in a copy of the workspace, so params.yaml, models/ and results/
-# stay as they were: real-cpu takes under 60 min on 2 CPU cores. Its model and results are then copied to
-# runs/<target>/ (`dvc get` from the experiment); `dvc exp show` lists it beside the others and
+# `real-gpu`, run through the export stage with `dvc exp run --temp` in a copy of the workspace, so params.yaml,
+# models/ and results/ stay as they were: real-cpu takes under 60 min on 2 CPU cores. Its model, results
+# (model card included) and ONNX export are then copied to runs/<target>/ (`dvc get` from the experiment); `dvc exp show` lists it beside the others and
 # `dvc exp apply real-cpu` would bring it into the workspace. A rerun on the same commit replaces it.
 real-cpu real-gpu: $(STAMP)
 	@for d in $(REAL_DATA); do test -f $$d/labels.csv || { echo "drgrade: $$d/labels.csv not found; edit data.sources in $(or $(PRESET),presets/$@.yaml)" >&2; exit 1; }; done
 	set -e; ref=refs/exps/$$(git rev-parse HEAD | sed 's|^..|&/|')/$@; \
 	if git show-ref -q --verify $$ref; then $(BIN)/dvc exp remove $$ref; fi; \
 	overrides=$$($(BIN)/python -m dr_core.cli.presets $(or $(PRESET),presets/$@.yaml) --absolute); \
-	$(BIN)/dvc exp run --temp --name $@ evaluate $$overrides; \
+	$(BIN)/dvc exp run --temp --name $@ export $$overrides; \
 	rm -rf runs/$@; \
 	$(BIN)/dvc get . models/best_model.pth --rev $$ref -o runs/$@/best_model.pth; \
 	$(BIN)/dvc get . results --rev $$ref -o runs/$@/results; \
+	$(BIN)/dvc get . export --rev $$ref -o runs/$@/export; \
 	echo "drgrade: experiment $@ ($$ref); its model and results in runs/$@/"
 
 # The same preset cross-validated by cv/dvc.yaml: five patient-level folds, each photo tested once, the

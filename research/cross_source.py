@@ -72,7 +72,7 @@ def table(results: Mapping[str, Mapping[str, Any]]) -> str:
     rows = [header, "|" + "---|" * (3 + len(METRICS))]
     for subset, metrics in results.items():
         test = metrics["test"]
-        sources = [k for k, v in test.items() if isinstance(v, Mapping)]
+        sources = [k for k, v in test.items() if isinstance(v, Mapping) and "referable_auc" in v]  # not per_class
         for source in sources:
             block = test[source]
             rows.append(f"| {subset} | {source} | {block.get('n_images')} | "

@@ -21,7 +21,8 @@ def test_each_source_alone_then_all_on_the_presets_split():
 def test_table_has_a_row_per_trained_and_tested_source_with_intervals():
     block = {"n_images": 143, "qwk": 0.7, "qwk_ci_low": 0.6, "qwk_ci_high": 0.8, "referable_auc": 0.9,
              "referable_sensitivity": 0.85, "referable_specificity": 0.8}
-    metrics = {"test": {"qwk": 0.7, "eyepacs": block, "odir": {**block, "n_images": 1000}}}
+    metrics = {"test": {"qwk": 0.7, "per_class": {"No DR": {"f1": 0.9}}, "eyepacs": block,
+                        "odir": {**block, "n_images": 1000}}}
     text = table({"eyepacs": metrics, "all": metrics}).splitlines()
     assert len(text) == 2 + 4
     assert text[2].startswith("| eyepacs | eyepacs | 143 | 0.900 | 0.700 (0.60-0.80) | 0.850 | 0.800 |")

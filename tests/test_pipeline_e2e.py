@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import REPO, committed_text
+from dr_core.runtime.io import file_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -221,6 +222,10 @@ def test_make_real_cpu_is_a_named_experiment_that_leaves_the_workspace_alone(tmp
 
     assert read_meta(dest / "runs/real-cpu/best_model.pth").params["train"]["loss"] == "focal"
     assert "test" in json.loads((dest / "runs/real-cpu/results/metrics.json").read_text())
+    # the experiment ran through export: the card and the ONNX model are this model's, not the workspace's
+    assert (dest / "runs/real-cpu/export/model.onnx").stat().st_size > 0
+    card = (dest / "runs/real-cpu/results/MODEL_CARD.md").read_text()
+    assert f"`{file_sha256(dest / 'runs/real-cpu/best_model.pth')}`" in card
     rows = json.loads(_run(["dvc", "exp", "show", "--json"], dest, stdout_only=True))
     named = [rev for row in rows for e in (row.get("experiments") or []) for rev in e["revs"]
              if rev.get("name") == "real-cpu"]
