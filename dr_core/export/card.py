@@ -79,7 +79,7 @@ def model_card(meta: CheckpointMeta, metrics: Mapping[str, Any], point: Mapping[
              "circular mask" if pre.circular_mask else None,
              f"{'padded' if pre.keep_aspect else 'stretched'} to a square of {pre.cache_size} px"]
     cut = point.get("grade_cutpoints")
-    grade_rule = (f"grade = number of cut-points {cut} below the expected grade" if cut
+    grade_rule = (f"grade = number of cut-points {[round(c, 3) for c in cut]} below the expected grade" if cut
                   else "grade = most probable class")
     lines = [
         f"# Model card: {meta.model_name} diabetic-retinopathy grader",
