@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_gpu_session_script_measures_the_train_stage_against_the_model_only_loop(tmp_path):
     data = tmp_path / "gpudata"
     for seed, name in enumerate(("eyepacs", "odir")):
-        make_demo_dataset(data / name, n_patients=30, image_size=64, seed=seed, workers=1)
+        make_demo_dataset(data / name, n_patients=100, image_size=48, seed=seed, workers=1)
         (data / name / "train.csv").rename(data / name / "labels.csv")
         (data / name / "train_images").rename(data / name / "images")
     env = {**os.environ, "SMOKE": "1", "GPUDATA": str(data), "WORK": str(tmp_path / "work"),
