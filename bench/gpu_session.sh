@@ -5,11 +5,13 @@
 # It runs the pipeline's own stage entry points (sources, split, preprocess, train: the commands of dvc.yaml)
 # on the carried sample of both sources with the GPU preset's model, size, batch, precision and loader
 # workers (stage 2 only, random weights: the rate depends on neither), then bench/model_only.py with the
-# same params.yaml. Into $OUT:
-#   env.txt           the machine and the package versions
-#   train.log         the train stage's log; each epoch's "train N images/s" is the pipeline's rate
-#   model_only.json   the same model, batch and precision on one batch already on the GPU
-#   throughput.json   both rates and their ratio: the issue's target is a ratio of at least 0.8
+# same params.yaml. The train stage runs twice: as the preset has it (train.augment_on: device, batched
+# augmentation on the GPU) and with train.augment_on: workers (albumentations in the loader workers). Into $OUT:
+#   env.txt             the machine and the package versions
+#   train.log           the preset's train stage; each epoch's "train N images/s" is the pipeline's rate
+#   train_workers.log   the same with augmentation in the loader workers
+#   model_only.json     the same model, batch and precision on one batch already on the GPU
+#   throughput.json     the rates and their ratios: the issue's target is a ratio of at least 0.8
 # SMOKE=1 runs the same flow on this machine's CPU with a tiny model and size: it checks the script and
 # measures nothing (tests/test_gpu_session.py). Outputs go to $WORK, never to the repository's data/ or models/.
 set -uo pipefail
@@ -70,10 +72,14 @@ $PY -m stages.split --sources "$WORK/sources" --out "$WORK/split" --params "$P" 
 $PY -m stages.preprocess --split-dir "$WORK/split" --out "$WORK/cache" --params "$P" > "$WORK/preprocess.log" 2>&1 \
   || { tail -20 "$WORK/preprocess.log"; exit 6; }
 el "cache built: $(grep -o 'cache done.*' "$WORK/preprocess.log")"
-$PY -m stages.train --cache-dir "$WORK/cache" --save-dir "$WORK/models" --live-dir "$WORK/live" --params "$P" \
-  > "$OUT/train.log" 2>&1 || { tail -30 "$OUT/train.log"; exit 7; }
-grep "images/s" "$OUT/train.log" | tail -"$EPOCHS"
-el "train stage done"
+sed 's/^  augment_on: .*/  augment_on: workers/' "$P" > "$WORK/params_workers.yaml"
+for run in train train_workers; do
+  params=$P; [ $run = train_workers ] && params=$WORK/params_workers.yaml
+  $PY -m stages.train --cache-dir "$WORK/cache" --save-dir "$WORK/models_$run" --live-dir "$WORK/live_$run" \
+    --params "$params" > "$OUT/$run.log" 2>&1 || { tail -30 "$OUT/$run.log"; exit 7; }
+  grep "images/s" "$OUT/$run.log" | tail -"$EPOCHS"
+  el "$run stage done"
+done
 $PY bench/model_only.py --params "$P" --steps "${STEPS:-40}" --warmup 10 > "$OUT/model_only.json" 2> "$WORK/model_only.log" \
   || { tail -20 "$WORK/model_only.log"; exit 8; }
 cat "$OUT/model_only.json"
@@ -82,13 +88,23 @@ import json, re, sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-rates = [float(r) for r in re.findall(r"train ([0-9.]+) images/s", (out / "train.log").read_text())]
 model_only = json.loads((out / "model_only.json").read_text())
-later = sorted(rates[1:] or rates)  # the first epoch also pays for cuDNN autotuning and warm-up
-stage = later[len(later) // 2]
-result = {"train_stage_images_per_s_per_epoch": rates, "train_stage_images_per_s": stage,
+
+
+def rates(log: str) -> tuple[list[float], float]:
+    per_epoch = [float(r) for r in re.findall(r"train ([0-9.]+) images/s", (out / log).read_text())]
+    later = sorted(per_epoch[1:] or per_epoch)  # the first epoch also pays for cuDNN autotuning and warm-up
+    return per_epoch, later[len(later) // 2]
+
+
+per_epoch, stage = rates("train.log")
+per_epoch_workers, workers = rates("train_workers.log")
+result = {"train_stage_images_per_s_per_epoch": per_epoch, "train_stage_images_per_s": stage,
           "model_only_images_per_s": model_only["images_per_s"],
-          "ratio": round(stage / model_only["images_per_s"], 3), "target_ratio": 0.8, **{
+          "ratio": round(stage / model_only["images_per_s"], 3), "target_ratio": 0.8,
+          "augment_on_workers": {"train_stage_images_per_s_per_epoch": per_epoch_workers,
+                                 "train_stage_images_per_s": workers,
+                                 "ratio": round(workers / model_only["images_per_s"], 3)}, **{
               k: model_only[k] for k in ("device", "model", "image_size", "batch_size", "autocast")}}
 (out / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
 print(json.dumps(result, indent=2))

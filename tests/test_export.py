@@ -77,3 +77,17 @@ def test_figures_table_has_one_row_per_population() -> None:
     rows = figures_table(TEST).splitlines()
     assert len(rows) == 4 and rows[2].startswith("| all test photos | 20 | 20 | 0.500 (0.300-0.700)")
     assert model_card  # imported for the card test above
+
+
+def test_model_card_names_each_source_and_the_stratification(tmp_path: Path) -> None:
+    paths = _project(tmp_path)
+    hand_over(paths, ExportConfig())
+    one = paths.card.read_text()
+    two = {**SPLIT, "sources": {"eyepacs": {"n_images": 40, "n_patients": 20, "n_bad": 1},
+                                "odir": {"n_images": 40, "n_patients": 20, "n_bad": 0}}}
+    paths.split_summary.write_text(json.dumps(two))
+    paths.onnx.unlink()
+    hand_over(paths, ExportConfig())
+    card = paths.card.read_text()
+    assert "stratified by grade." in one and "stratified by source and grade." in card
+    assert "- `eyepacs`: 40 photographs of 20 patients; 1 left out as unusable." in card

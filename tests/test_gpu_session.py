@@ -32,5 +32,9 @@ def test_gpu_session_script_measures_the_train_stage_against_the_model_only_loop
     assert result["ratio"] == pytest.approx(result["train_stage_images_per_s"] / result["model_only_images_per_s"],
                                             abs=1e-3)
     assert result["model"] == "resnet10t" and result["target_ratio"] == 0.8
+    workers = result["augment_on_workers"]  # the comparison run: albumentations in the loader workers
+    assert workers["train_stage_images_per_s"] > 0 and workers["ratio"] > 0
+    assert "augment_on: device" in (tmp_path / "work" / "params.yaml").read_text()
+    assert "augment_on: workers" in (tmp_path / "work" / "params_workers.yaml").read_text()
     assert (tmp_path / "work" / "cache" / "train.npy").exists()  # the stages wrote into WORK, not the repository
     assert "epoch 1:" in (tmp_path / "out" / "train.log").read_text()

@@ -272,6 +272,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     advanced_aug: bool = True
     aug_strength: float = 1.0  # multiplies the augmentation ranges and probabilities (dr_core.data.augment)
+    augment_on: str = "workers"  # workers: albumentations per photo in the loader | device: batched (dr_core.data.batch_augment)
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) blend of training images and losses (dr_core.training.mixup); 0: off
     mixed_precision: bool = True  # used on CUDA; on CPU only with amp_dtype=bf16
     amp_dtype: str = "auto"
@@ -300,6 +301,7 @@ class TrainConfig:
         _check(len(set(self.sources)) == len(self.sources), "train.sources", list(self.sources),
                "each source once")
         _choice("train.loss", self.loss, LOSSES)
+        _choice("train.augment_on", self.augment_on, ("workers", "device"))
         _choice("train.regression_loss", self.regression_loss, ("smooth_l1", "mse"))
         _choice("train.amp_dtype", self.amp_dtype, AMP_MODES)
         _choice("train.monitor", self.monitor, MONITORS)

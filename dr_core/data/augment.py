@@ -65,6 +65,12 @@ def build_transforms(image_size: int, mean: Sequence[float], std: Sequence[float
     return A.Compose(ops)
 
 
+def resize_only(image_size: int) -> A.Compose:
+    """Cached uint8 RGB image -> uint8 at the model's input size, nothing random: the loader's part when the
+    training device augments (``train.augment_on: device``, :mod:`dr_core.data.batch_augment`)."""
+    return A.Compose([A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR)])
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) float32 -> (3, H, W) tensor without a copy beyond the transpose."""
+    """(H, W, 3) float32 or uint8 -> (3, H, W) tensor without a copy beyond the transpose."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler, get_worker_info
 
-from dr_core.data.augment import build_transforms
+from dr_core.data.augment import build_transforms, resize_only
+from dr_core.data.batch_augment import BatchAugment
 from dr_core.config import Params
 from dr_core.data.dataset import ArrayDataset, cached_dataset
 from dr_core.runtime.distributed import DistInfo, ShardSampler
@@ -31,6 +32,7 @@ class Loaders:
     val: DataLoader
     train_grades: np.ndarray
     generator: torch.Generator
+    augment: BatchAugment | None = None  # train.augment_on: device; the train loader then yields uint8
 
     def reseed(self, seed: int, epoch: int) -> None:
         """Make epoch ``epoch``'s shuffling and augmentation a function of (seed, epoch) only."""
@@ -39,12 +41,17 @@ class Loaders:
             self.train.sampler.set_epoch(epoch)
         dataset: ArrayDataset = self.train.dataset
         dataset.transform.set_random_seed(seed * 1000 + epoch)  # used when num_workers == 0
+        if self.augment is not None:
+            self.augment.set_random_seed(seed * 1000 + epoch)
 
 
 def make_loaders(cache_dir: Path, params: Params, mean: Sequence[float], std: Sequence[float],
                  device: torch.device, dist: DistInfo = DistInfo()) -> Loaders:
     """Loaders for the cached train (augmented, shuffled or class-balanced) and val splits, of the
     photos of ``train.sources`` only when it names some.
+
+    With ``train.augment_on: device`` the train loader only resizes (uint8 batches) and ``Loaders.augment``
+    augments and normalises each batch on the device (:class:`dr_core.data.batch_augment.BatchAugment`).
 
     Distributed: each process sees a disjoint shard of train (DistributedSampler) and of val
     (every world_size-th image, no padding, so gathered predictions cover val exactly once).
@@ -53,7 +60,12 @@ def make_loaders(cache_dir: Path, params: Params, mean: Sequence[float], std: Se
     if t.num_workers:
         cv2.setNumThreads(0)  # OpenCV's thread pool does not survive fork into loader workers
     level = "advanced" if t.advanced_aug else "basic"
-    train_tf = build_transforms(t.image_size, mean, std, level, t.aug_strength)
+    augment = None
+    if t.augment_on == "device":
+        train_tf = resize_only(t.image_size)
+        augment = BatchAugment(mean, std, level, t.aug_strength, seed_offset=dist.rank * 100_003)
+    else:
+        train_tf = build_transforms(t.image_size, mean, std, level, t.aug_strength)
     train_ds, train_meta = cached_dataset(cache_dir, "train", train_tf, t.sources)
     val_ds, _ = cached_dataset(cache_dir, "val", build_transforms(t.image_size, mean, std, "none"), t.sources)
     grades = train_meta["grade"].to_numpy()
@@ -74,4 +86,4 @@ def make_loaders(cache_dir: Path, params: Params, mean: Sequence[float], std: Se
     train = DataLoader(train_ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler,
                        generator=generator, drop_last=len(train_ds) > t.batch_size, **common)
     val = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, sampler=val_sampler, **common)
-    return Loaders(train, val, grades, generator)
+    return Loaders(train, val, grades, generator, augment)

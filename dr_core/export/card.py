@@ -111,7 +111,8 @@ def model_card(meta: CheckpointMeta, metrics: Mapping[str, Any], point: Mapping[
         "",
         data_table(split),
         "",
-        "Photos are split by patient (both eyes of a patient in one split), stratified by grade.",
+        "Photos are split by patient (both eyes of a patient in one split), stratified by "
+        f"{'source and grade' if len(split.get('sources') or {}) > 1 else 'grade'}.",
         "",
         "## Operating point",
         f"- Referral rule: refer when P(grade >= {meta.referable_grade}) >= **{point.get('threshold', 0):.4f}** "

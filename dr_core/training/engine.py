@@ -47,6 +47,7 @@ class StepContext:
     head: str = "classification"  # classification | regression | ordinal (dr_core.models.heads)
     num_classes: int = 5
     mixup_alpha: float = 0.0  # > 0: training batches are blended (dr_core.training.mixup)
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # training batches, on the device (augment_on)
 
 
 @dataclass
@@ -131,6 +132,8 @@ def run_epoch(model: nn.Module, loader: DataLoader, loss_fn: Callable, ctx: Step
         for i, (x, y) in enumerate(bar):
             x = x.to(ctx.device, non_blocking=True)
             y = y.to(ctx.device, non_blocking=True)
+            if train and ctx.augment is not None:
+                x = ctx.augment(x)  # uint8 from the loader -> augmented, normalised float
             y_other, lam = y, 1.0
             if train and ctx.mixup_alpha > 0:
                 x, y_other, lam = mix_batch(x, y, ctx.mixup_alpha)

@@ -154,6 +154,7 @@ def _fit(cache_dir: Path, save_dir: Path, live_dir: Path, params: Params, device
             continue  # stage already finished before the interruption
         ctx, optimizer = stage_context(model, params, stage, lr * lr_scale, n_epochs, len(loaders.train),
                                         device, dist)
+        ctx.augment = loaders.augment
         bad_epochs = 0
         if state is not None and state["stage"] == stage:
             optimizer.load_state_dict(state["optimizer"])
