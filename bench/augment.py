@@ -5,7 +5,7 @@ Times both on one batch of one real photo (ms per photo, median of rounds, the r
 the same run) on this machine's CPU and, when there is one, its GPU, and draws the same photo augmented
 both ways side by side (``--sheet``). Nothing asserts on time.
 
-    .venv/bin/python bench/augment.py --photo ../shared/data/eyepacs-dev/images/10_left.jpeg \
+    .venv/bin/python bench/augment.py --photo ../shared/data/eyepacs-dev/images/1084_left.jpeg \
         --sheet docs/augmentation.png
 """
 from __future__ import annotations
@@ -27,6 +27,11 @@ from dr_core.data.preprocess import preprocess_file
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
+def as_batch(photo: np.ndarray, n: int) -> torch.Tensor:
+    """``n`` copies of a (H, W, 3) uint8 photo as the (n, 3, H, W) batch a loader would yield."""
+    return torch.from_numpy(np.stack([photo] * n)).permute(0, 3, 1, 2).contiguous()
+
+
 def timed(fn, rounds: int) -> float:
     fn()  # warm-up
     times = []
@@ -38,11 +43,12 @@ def timed(fn, rounds: int) -> float:
 
 
 def sheet(photo: np.ndarray, size: int, n: int, out: Path) -> None:
-    """Row 1: albumentations (loader workers); row 2: BatchAugment (device); both 'advanced'."""
+    """Row 1: albumentations (loader workers); row 2: BatchAugment (device); both 'advanced'. ``photo`` is
+    a cached photo, already ``size`` px."""
     workers = build_transforms(size, MEAN, STD, "advanced")
     workers.set_random_seed(0)
     top = [workers(image=photo)["image"] * 0.5 + 0.5 for _ in range(n)]
-    batch = torch.from_numpy(np.stack([cv2.resize(photo, (size, size))] * n)).permute(0, 3, 1, 2).contiguous()
+    batch = as_batch(photo, n)
     device = BatchAugment(MEAN, STD, "advanced")
     device.set_random_seed(0)
     bottom = list((device(batch) * 0.5 + 0.5).permute(0, 2, 3, 1).numpy())
@@ -76,7 +82,7 @@ def main() -> None:
     print(f"{'albumentations, one photo at a time (cpu)':<40} {1e3 * base:>9.2f} {1.0:>6.2f}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for name in devices:
-        batch = torch.from_numpy(np.stack([photo] * args.batch)).permute(0, 3, 1, 2).contiguous().to(name)
+        batch = as_batch(photo, args.batch).to(name)
         aug = BatchAugment(MEAN, STD, "advanced")
 
         def run() -> None:

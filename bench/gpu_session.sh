@@ -39,8 +39,9 @@ cat "$OUT/env.txt"
 [ -d "$GPUDATA" ] || { echo "$GPUDATA missing: run bench/gpu_pack.sh here first and carry it"; exit 4; }
 export GPUDATA EPOCHS
 
-# params.yaml for the measurement: the GPU preset on the carried sample
-$PY - "$WORK/params.yaml" <<'PY' || exit 5
+# params.yaml for the measurement: the GPU preset on the carried sample; params_workers.yaml the same with
+# augmentation in the loader workers
+$PY - "$WORK/params.yaml" "$WORK/params_workers.yaml" <<'PY' || exit 5
 import os, sys
 from pathlib import Path
 
@@ -58,9 +59,10 @@ flat.update({"train.epochs_stage1": 0, "train.epochs_stage2": int(os.environ["EP
 if os.environ.get("SMOKE"):
     flat.update({"model.name": "resnet10t", "train.image_size": 48, "preprocess.cache_size": 48,
                  "train.batch_size": 8, "train.num_workers": 1, "train.device": "cpu", "train.epochs_stage2": 1})
-tree = unflatten(flat)
-params_from_dict(tree)
-Path(sys.argv[1]).write_text(yaml.safe_dump(tree, sort_keys=False))
+for out, augment_on in ((sys.argv[1], flat["train.augment_on"]), (sys.argv[2], "workers")):
+    tree = unflatten({**flat, "train.augment_on": augment_on})
+    params_from_dict(tree)
+    Path(out).write_text(yaml.safe_dump(tree, sort_keys=False))
 PY
 P="$WORK/params.yaml"
 for s in $(ls "$GPUDATA"); do
@@ -72,7 +74,6 @@ $PY -m stages.split --sources "$WORK/sources" --out "$WORK/split" --params "$P" 
 $PY -m stages.preprocess --split-dir "$WORK/split" --out "$WORK/cache" --params "$P" > "$WORK/preprocess.log" 2>&1 \
   || { tail -20 "$WORK/preprocess.log"; exit 6; }
 el "cache built: $(grep -o 'cache done.*' "$WORK/preprocess.log")"
-sed 's/^  augment_on: .*/  augment_on: workers/' "$P" > "$WORK/params_workers.yaml"
 for run in train train_workers; do
   params=$P; [ $run = train_workers ] && params=$WORK/params_workers.yaml
   $PY -m stages.train --cache-dir "$WORK/cache" --save-dir "$WORK/models_$run" --live-dir "$WORK/live_$run" \

@@ -5,8 +5,8 @@ brightness and contrast, colour, blur or noise, and dropout run here as batched 
 host-to-device copy, each photo with its own random draws. It is the same recipe as
 :func:`dr_core.data.augment.build_transforms` (same ranges and probabilities, scaled by ``strength``), not
 the same pixels: albumentations draws and interpolates its own way. On a GPU this moves the per-photo CPU
-cost that limits the loader (3-7 ms per photo at 384-512 px, bench/augment.py) onto the GPU. On a CPU it
-runs too (tests), but 5-7x slower per photo than albumentations: keep ``workers`` there.
+cost that limits the loader (3-5 ms per photo at 384-512 px, bench/augment.py) onto the GPU. On a CPU it
+runs too (tests), but 1.5-3x slower per photo than albumentations: keep ``workers`` there.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from dr_core.data.augment import AUG_LEVELS
 
 # RGB <-> YIQ: hue is a rotation of the (I, Q) chroma plane, saturation a scaling of it.
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 _GAUSS3 = torch.tensor([0.2741, 0.4519, 0.2741])  # sigma 0.8: what albumentations uses for a 3 px kernel
 
 
@@ -57,7 +58,8 @@ class BatchAugment:
 
     def _noise_generator(self, device: torch.device) -> torch.Generator:
         if device not in self._noise:
-            self._noise[device] = torch.Generator(device=device).manual_seed(self.seed + 1)
+            # its own stream: seed + 1 would be the next epoch's draws
+            self._noise[device] = torch.Generator(device=device).manual_seed(self.seed + 2**32)
         return self._noise[device]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -66,7 +68,9 @@ class BatchAugment:
         x = images.float().div_(255.0)
         if self.level != "none":
             x = self._augment(x)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:  # once: the normalisation constants follow the batches' device
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - self.mean) / self.std
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         b, s, adv, dev, g = x.shape[0], self.strength, self.level == "advanced", x.device, self._draws
@@ -146,7 +150,7 @@ def _colour_matrices(uniform, s: float) -> tuple[torch.Tensor, torch.Tensor]:
     chroma[:, 0, 0] = 1
     chroma[:, 1, 1], chroma[:, 1, 2] = sat * torch.cos(hue), -sat * torch.sin(hue)
     chroma[:, 2, 1], chroma[:, 2, 2] = sat * torch.sin(hue), sat * torch.cos(hue)
-    return torch.linalg.inv(_RGB_TO_YIQ) @ chroma @ _RGB_TO_YIQ, shift
+    return _YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ, shift
 
 
 def _blur3(x: torch.Tensor) -> torch.Tensor:
